@@ -1,0 +1,54 @@
+"""`tollgate keys new`: issue a virtual key, shown once, stored only as a fingerprint."""
+
+import argparse
+import secrets
+from typing import Any
+
+from .identity import VIRTUAL_PREFIX, fingerprint
+
+
+def register(commands: Any) -> None:
+    keys = commands.add_parser("keys", help="issue virtual keys")
+    actions = keys.add_subparsers(title="actions", metavar="ACTION")
+    new = actions.add_parser(
+        "new",
+        help="print a new virtual key and the policy lines for it",
+        description="Print a new virtual key once, the lines to add under `keys:` in"
+        " the policy, and what the developer sets. Example:"
+        " tollgate keys new alice --alias alice-claude-code",
+    )
+    new.add_argument("user", help="the policy user the key belongs to")
+    new.add_argument("--alias", help="key_alias (default: USER-key)")
+    new.add_argument(
+        "--gateway",
+        default="http://127.0.0.1:8080",
+        help="gateway URL developers use (default: %(default)s)",
+    )
+    new.set_defaults(run=run_new)
+
+
+def run_new(args: argparse.Namespace) -> int:
+    key = VIRTUAL_PREFIX + secrets.token_urlsafe(32)
+    alias = args.alias or f"{args.user}-key"
+    gateway = args.gateway.rstrip("/")
+    print(f"""New virtual key for {args.user} (shown once; Tollgate keeps only its hash):
+
+  {key}
+
+Add to the policy under `keys:`:
+
+  - key_alias: {alias}
+    user: {args.user}
+    key_sha256: {fingerprint(key)}
+
+The developer sets (reverse mode, gateway started with --mode reverse:...):
+
+  Claude Code / Anthropic SDK:  ANTHROPIC_BASE_URL={gateway}  ANTHROPIC_API_KEY={key}
+  OpenAI SDK:                   OPENAI_BASE_URL={gateway}/v1  OPENAI_API_KEY={key}
+  Codex CLI (config.toml):      base_url = "{gateway}/v1", env_key = "OPENAI_API_KEY"
+
+or, through the forward proxy, keeping the real provider URLs:
+
+  HTTPS_PROXY={gateway}  NODE_EXTRA_CA_CERTS=~/.mitmproxy/mitmproxy-ca-cert.pem
+  SSL_CERT_FILE=~/.mitmproxy/mitmproxy-ca-cert.pem  ANTHROPIC_API_KEY={key}""")
+    return 0

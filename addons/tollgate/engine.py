@@ -1,0 +1,284 @@
+"""Everything the addon needs between hooks: policy, prices, budgets, limits, ledger.
+
+No mitmproxy objects here; `gateway.py` passes plain values in. Options arrive as an
+object with the `budget_*` attributes, so tests can drive an Engine directly.
+"""
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Protocol
+
+from .admission import Admission, Refusal
+from .budgets import BudgetBook, ScopeBudget
+from .calls import Call, to_row
+from .errors import ConfigError, LedgerError
+from .identity import Principal
+from .ledger import Ledger
+from .limits import RateLimiter
+from .policy import DEFAULT_POLICY, Policy, load_policy
+from .pricing import DEFAULT_PRICES, PriceTable, load_prices
+from .usage import Usage
+
+logger = logging.getLogger(__name__)
+POLICY_CHECK_INTERVAL_S = 1.0
+
+
+class Options(Protocol):
+    budget_policy: str
+    budget_db: str
+    budget_prices: str
+    budget_now: str
+    budget_metrics_port: int
+    budget_metrics_host: str
+
+
+class Observer(Protocol):
+    """Metrics and alerts listen to what the engine does."""
+
+    def on_row(self, row: dict[str, Any], budgets: list[ScopeBudget]) -> None: ...
+
+    def on_policy(self, engine: "Engine") -> None: ...
+
+    def on_overhead(self, seconds: float) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Engine:
+    def __init__(
+        self,
+        *,
+        policy: Policy,
+        prices: PriceTable,
+        ledger: Ledger,
+        now: "Clock",
+    ) -> None:
+        self.policy = policy
+        self.prices = prices
+        self.ledger = ledger
+        self.clock = now
+        self.book = BudgetBook(policy, now.now)
+        self.limiter = RateLimiter(time.monotonic)
+        self.admission = Admission(policy, prices, self.book, self.limiter)
+        self.observers: list[Observer] = []
+        self._unpriced_logged: set[str] = set()
+        self._policy_mtime = _mtime(policy.source)
+        self._watch: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_options(cls, options: Options) -> "Engine":
+        """Build from mitmproxy options; bad files raise ConfigError."""
+        prices = load_prices(Path(options.budget_prices or DEFAULT_PRICES))
+        policy = load_policy(Path(options.budget_policy or DEFAULT_POLICY))
+        ledger = Ledger(Path(options.budget_db))
+        engine = cls(policy=policy, prices=prices, ledger=ledger, now=Clock(options.budget_now))
+        engine.ledger.on_state = engine._ledger_state
+        engine.ledger.start()
+        engine._rebuild_budgets()
+        from .observe import attach_observers
+
+        attach_observers(engine, options)
+        logger.info(
+            "tollgate: policy %s; %d prices from %s; ledger %s",
+            policy.describe(), len(prices.entries), prices.source, options.budget_db,
+        )
+        return engine
+
+    def reconfigure(self, options: Options, updated: set[str]) -> None:
+        prices_path = str(options.budget_prices or DEFAULT_PRICES)
+        if "budget_prices" in updated and prices_path != self.prices.source:
+            self.prices = load_prices(Path(prices_path))
+            self.admission.prices = self.prices
+        policy_path = str(options.budget_policy or DEFAULT_POLICY)
+        if "budget_policy" in updated and policy_path != self.policy.source:
+            self.swap_policy(load_policy(Path(policy_path)))
+
+    # policy reload
+
+    def swap_policy(self, policy: Policy) -> None:
+        """Use a new policy; budgets whose definition is unchanged keep their state."""
+        old = {b.label: b for b in self.book.all_budgets()}
+        book = BudgetBook(policy, self.clock.now)
+        fresh = []
+        for label, budgets in book.budgets.items():
+            for i, budget in enumerate(budgets):
+                kept = old.get(budget.label)
+                if kept is not None and same_definition(kept, budget):
+                    budgets[i] = kept
+                else:
+                    fresh.append(budget)
+        self.policy = policy
+        self.book = book
+        self.admission = Admission(policy, self.prices, book, self.limiter)
+        self._policy_mtime = _mtime(policy.source)
+        if fresh:
+            self._rebuild_budgets(only=fresh)
+        for observer in self.observers:
+            observer.on_policy(self)
+        logger.info("tollgate: policy reloaded: %s", policy.describe())
+
+    def _rebuild_budgets(self, only: list[ScopeBudget] | None = None) -> None:
+        """Spent per window from the ledger (and journal rows not yet in it)."""
+        since = self.book.earliest_window_start()
+        try:
+            rows = self.ledger.rows_since(since)
+        except LedgerError as e:
+            logger.error("tollgate: budgets start empty, ledger unreadable: %s", e)
+            return
+        if only is None:
+            self.book.load(rows)
+            return
+        scratch = BudgetBook(self.policy, self.clock.now)
+        scratch.load(rows)
+        totals = {b.label: b.spent for b in scratch.all_budgets()}
+        for budget in only:
+            budget.spent = totals.get(budget.label, Decimal(0))
+
+    def start_background(self) -> None:
+        if self._watch is None:
+            self._watch = asyncio.get_running_loop().create_task(self._watch_policy())
+
+    async def _watch_policy(self) -> None:
+        while True:
+            await asyncio.sleep(POLICY_CHECK_INTERVAL_S)
+            mtime = _mtime(self.policy.source)
+            if mtime == self._policy_mtime:
+                continue
+            self._policy_mtime = mtime
+            try:
+                policy = await asyncio.to_thread(load_policy, Path(self.policy.source))
+            except ConfigError as e:
+                logger.error("tollgate: policy edit rejected, the last good policy"
+                             " stays in force:\n%s", e)
+                continue
+            self.swap_policy(policy)
+
+    def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        self.ledger.close()
+        for observer in self.observers:
+            observer.close()
+
+    def observe_overhead(self, seconds: float) -> None:
+        """Time the gateway's own hooks took for one call."""
+        for observer in self.observers:
+            observer.on_overhead(seconds)
+
+    # calls
+
+    def wall_time(self, epoch_s: float) -> datetime:
+        return self.clock.at(epoch_s)
+
+    def admit(self, call: Call, principal: Principal, body_bytes: int) -> Refusal | None:
+        if self.policy.on_ledger_error == "fail_closed" and not self.ledger.healthy:
+            call.principal = principal
+            return Refusal(
+                503, "ledger", "Tollgate: the spend ledger cannot be written and the"
+                " policy says fail_closed - calls resume when it is back",
+            )
+        return self.admission.admit(call, principal, body_bytes)
+
+    def unreadable_body(self, call: Call) -> Refusal | None:
+        """A body that is not JSON: harmless unless a limit would need its facts."""
+        if self.policy.org or self.policy.teams or self.policy.users or self.policy.tags:
+            return Refusal(400, "body", "Tollgate: the request body is not a JSON object")
+        return None
+
+    def missing_provider_key(self, call: Call) -> Refusal:
+        provider = call.route.provider
+        return Refusal(
+            503, "config", f"Tollgate has no API key for {provider}: set"
+            f" providers.{provider}.api_key in the policy",
+        )
+
+    def refused(self, call: Call, refusal: Refusal) -> None:
+        row = to_row(
+            call, usage=None, cost=Decimal(0), status=refusal.status, outcome="blocked",
+            reason=refusal.reason, response_model=None, ended_s=time.time(),
+        )
+        self._record(row, [])
+        logger.debug("tollgate: refused %s (%s)", call.id, refusal.reason)
+
+    def settle(
+        self,
+        call: Call,
+        usage: Usage | None,
+        status: int,
+        outcome: str,
+        reason: str | None,
+        response_model: str | None,
+    ) -> None:
+        """Price the call, swap its reservation for the cost, record it."""
+        if call.price is None and response_model and call.route.billable:
+            call.price = self.prices.resolve(response_model)
+        cost = Decimal(0)
+        if usage is not None and call.price is not None:
+            cost = self.prices.cost(call.price, usage)
+        elif usage is not None and call.route.billable:
+            self._log_unpriced(call.facts.model or response_model)
+            reason = reason or "unpriced model"
+        changed = self.book.settle(call.budgets, call.reserved, cost, call.started)
+        if call.rate_scopes and usage is not None:
+            self.limiter.correct_tokens(call.rate_scopes, usage.total_tokens - call.estimated_input)
+        row = to_row(
+            call, usage=usage, cost=cost, status=status, outcome=outcome, reason=reason,
+            response_model=response_model, ended_s=time.time(),
+        )
+        self._record(row, changed)
+
+    def _record(self, row: dict[str, Any], changed: list[ScopeBudget]) -> None:
+        self.ledger.append(row)
+        for observer in self.observers:
+            observer.on_row(row, changed)
+
+    def _log_unpriced(self, model: str | None) -> None:
+        name = model or "(none)"
+        if name not in self._unpriced_logged and len(self._unpriced_logged) < 1000:
+            self._unpriced_logged.add(name)
+            logger.warning("tollgate: no price for model %r; its calls are recorded"
+                           " with cost 0 and reason 'unpriced model'", name)
+
+    def _ledger_state(self, healthy: bool, reason: str) -> None:
+        if not healthy and self.policy.on_ledger_error == "fail_closed":
+            logger.error("tollgate: on_ledger_error is fail_closed: refusing calls"
+                         " until the ledger is writable")
+
+
+def same_definition(a: ScopeBudget, b: ScopeBudget) -> bool:
+    return (a.limit, a.duration, a.model_pattern) == (b.limit, b.duration, b.model_pattern)
+
+
+def _mtime(path: str) -> float:
+    try:
+        return Path(path).stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+class Clock:
+    """Wall time for budget windows; optionally shifted to start at `start`."""
+
+    def __init__(self, start: str = "") -> None:
+        self.offset = timedelta(0)
+        if start:
+            try:
+                target = datetime.fromisoformat(start)
+            except ValueError:
+                raise ConfigError(
+                    f"budget_now: expected an ISO 8601 time, got {start!r}"
+                ) from None
+            if target.tzinfo is None:
+                raise ConfigError(f"budget_now: {start!r} needs a UTC offset, e.g. +00:00")
+            self.offset = target - datetime.now(UTC)
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+    def at(self, epoch_s: float) -> datetime:
+        return datetime.fromtimestamp(epoch_s, UTC) + self.offset
