@@ -90,6 +90,8 @@ class FakeProvider:
 
     def close(self) -> None:
         stop(self.proc)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 class Gateway:

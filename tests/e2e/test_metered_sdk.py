@@ -53,8 +53,8 @@ def test_anthropic_call_recorded_exactly_when_sent_by_sdk(
     assert result["usage"]["output_tokens"] == 345
     [row] = rows_for(gateway, tag)
     assert tokens(row) == (1200, 345, 14723, 3117, 2000, 0)
-    # 1200*3 + 345*15 + 14723*0.30 + 3117*3.75 + 2000*6 = 36,265.65 USD per million
-    assert row["cost_usd"] == Decimal("0.0362656500")
+    # 1200*3 + 345*15 + 14723*0.30 + 3117*3.75 + 2000*6 = 36,880.65 USD per million
+    assert row["cost_usd"] == Decimal("0.0368806500")
     assert (row["provider"], row["endpoint"], row["model"]) == (
         "anthropic", "messages", "claude-sonnet-4-5"
     )

@@ -79,12 +79,17 @@ def usage_from(raw: object, into: Usage | None = None) -> Usage:
         usage.cache_read_tokens = count(data["cache_read_input_tokens"])
     creation = as_dict(data.get("cache_creation"))
     flat = count(data.get("cache_creation_input_tokens"))
-    five = count(creation.get("ephemeral_5m_input_tokens"))
-    hour = count(creation.get("ephemeral_1h_input_tokens"))
-    if creation or "cache_creation_input_tokens" in data:
-        # Some hosts report only the flat total, or a zero total beside the split.
+    if creation:
+        five = count(creation.get("ephemeral_5m_input_tokens"))
+        hour = count(creation.get("ephemeral_1h_input_tokens"))
+        # Some hosts report a zero flat total beside a non-zero split: trust the larger.
         usage.cache_write_5m_tokens = five + max(flat - five - hour, 0)
         usage.cache_write_1h_tokens = hour
+    elif "cache_creation_input_tokens" in data:
+        # A flat total alone (message_delta repeats it): keep the 1h part already known.
+        hour = min(usage.cache_write_1h_tokens, flat)
+        usage.cache_write_1h_tokens = hour
+        usage.cache_write_5m_tokens = flat - hour
     details = as_dict(data.get("output_tokens_details"))
     if "thinking_tokens" in details:
         usage.reasoning_tokens = count(details["thinking_tokens"])
