@@ -202,6 +202,7 @@ def test_plain_traffic_untouched_and_unrecorded_when_not_llm(reverse_gateway: Ga
     assert (response.status, response.read()) == (200, b"plain:/plain/hello")
     connection.close()
     post(reverse_gateway, "/v1/messages", ANTHROPIC_BODY, headers)
+    assert len(wait_rows(reverse_gateway.db, 2, f"list_contains(tags, '{tag}')")) == 2
     assert len(wait_rows(reverse_gateway.db, before + 1)) == before + 1
 
 
