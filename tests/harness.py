@@ -137,6 +137,9 @@ class Gateway:
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=environment)
         try:
             wait_port(self.port, self.proc)
+            time.sleep(0.3)  # mitmdump listens first, then exits on startup errors
+            if self.proc.poll() is not None:
+                raise RuntimeError("mitmdump exited")
         except RuntimeError:
             self.close()
             raise RuntimeError(f"mitmdump failed: {self.log_text()}") from None

@@ -51,7 +51,7 @@ class Admission:
             return None
 
         levels = principal.levels(self.policy)
-        for level in levels:
+        for level in reversed(levels):  # name the narrowest level that says no
             if not allowed(level.models, model):
                 return Refusal(
                     400,
