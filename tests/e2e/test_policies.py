@@ -332,3 +332,37 @@ def test_sdk_shows_gateway_message_without_retrying_when_refused(
     assert "Tollgate: model 'claude-opus-4-1' is not allowed for user 'alice'" in results[0]["error"]
     assert "Tollgate: model 'gpt-4o' is not allowed for user 'alice'" in results[1]["error"]
     assert upstream_calls(fake, marker) == []
+
+
+def test_proxy_login_identifies_caller_when_client_keeps_own_key(
+    fake: FakeProvider, tmp_path: Path
+) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(policy_text("users:\n  bob: {max_budget: 5}\n"))
+    gateway = Gateway(tmp_path, fake, mode="forward", policy=policy)
+    try:
+        marker = f"input=15,output={uuid.uuid4().int % 1000}"
+        env = gateway.sdk_env("forward")
+        env["HTTPS_PROXY"] = f"http://bob:{KEYS['bob']}@127.0.0.1:{gateway.port}"
+        [result] = run_sdk(
+            [{"sdk": "anthropic", "model": "claude-sonnet-4-5", "api_key": "sk-ant-bobs-own",
+              "headers": {"x-fake-usage": marker}}],
+            env,
+        )
+        assert result["ok"], result
+        [seen] = upstream_calls(fake, marker)
+        # this SDK sends its key as a bearer token
+        assert seen["headers"]["authorization"] == "Bearer sk-ant-bobs-own"
+        assert "proxy-authorization" not in seen["headers"]
+        [row] = wait_rows(gateway.db, 1)
+        assert (row["user_id"], row["key_alias"]) == ("bob", "bob-key")
+
+        env["HTTPS_PROXY"] = f"http://bob:tg-wrong@127.0.0.1:{gateway.port}"
+        [refused] = run_sdk(
+            [{"sdk": "anthropic", "model": "claude-sonnet-4-5", "api_key": "sk-ant-bobs-own"}],
+            env,
+        )
+        assert (refused["ok"], refused["status"]) == (False, 401)
+        assert "the proxy login is not a key this gateway knows" in refused["error"]
+    finally:
+        gateway.close()
