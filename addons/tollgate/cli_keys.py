@@ -8,7 +8,11 @@ from .identity import VIRTUAL_PREFIX, fingerprint
 
 
 def register(commands: Any) -> None:
-    keys = commands.add_parser("keys", help="issue virtual keys")
+    keys = commands.add_parser(
+        "keys",
+        help="issue virtual keys",
+        description="Issue virtual keys. Example: tollgate keys new alice --alias laptop",
+    )
     actions = keys.add_subparsers(title="actions", metavar="ACTION")
     new = actions.add_parser(
         "new",
