@@ -1,5 +1,6 @@
 """Budget alerts: once per window, exact payloads, retries, restarts, forecasts."""
 
+import http.client
 import json
 import threading
 import time
@@ -11,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from test_metrics import FixedClock, call, start_engine
+
+from harness import FakeProvider, Gateway, wait_rows
 from tollgate.alerts import Alert, Delivery, SentAlerts, forecast_exhausted_at
 from tollgate.engine import Engine
 from tollgate.identity import fingerprint
@@ -154,7 +156,8 @@ def test_alert_not_sent_again_when_gateway_restarts_in_same_window(
         second.close()
     assert len(posts) == 4
     assert [body["threshold"] for path, body in posts if path.startswith("/json")] == [
-        0.5, 0.8
+        0.5,
+        0.8,
     ]
     records = (tmp_path / "spend.duckdb.alerts").read_text().splitlines()
     assert [json.loads(line)["thresholds"] for line in records] == [["0.5"], ["0.8"]]
@@ -173,7 +176,8 @@ def test_alert_sent_at_start_when_crossing_has_no_delivery_record(
     posts = receiver.wait(4)
     second.close()
     assert [body for path, body in posts if path.startswith("/json")] == [
-        EXPECTED_JSON, EXPECTED_JSON
+        EXPECTED_JSON,
+        EXPECTED_JSON,
     ]
 
 
@@ -206,7 +210,9 @@ def test_alert_names_highest_threshold_when_one_call_crosses_several(
         engine.close()
     [body] = [body for path, body in posts if path.startswith("/json")]
     assert (body["threshold"], body["percent"], body["spent"]) == (
-        0.5, 60.0, "0.3000000000"
+        0.5,
+        60.0,
+        "0.3000000000",
     )
     record = json.loads((tmp_path / "spend.duckdb.alerts").read_text())
     assert record["thresholds"] == ["0.25", "0.5"]
@@ -229,10 +235,17 @@ def test_call_returns_at_once_when_webhook_is_slow(tmp_path: Path) -> None:
 
 def alert() -> Alert:
     return Alert(
-        scope="team:be", kind="team", name="be", duration="1mo", limit=Decimal(10),
-        spent=Decimal(5), threshold=Decimal("0.5"), covers=(Decimal("0.5"),),
+        scope="team:be",
+        kind="team",
+        name="be",
+        duration="1mo",
+        limit=Decimal(10),
+        spent=Decimal(5),
+        threshold=Decimal("0.5"),
+        covers=(Decimal("0.5"),),
         window_start=datetime(2026, 5, 1, tzinfo=UTC),
-        window_end=datetime(2026, 6, 1, tzinfo=UTC), forecast=None,
+        window_end=datetime(2026, 6, 1, tzinfo=UTC),
+        forecast=None,
     )
 
 
@@ -291,7 +304,91 @@ def test_forecast_extrapolates_window_pace_when_asked(
     spent: str, now: str, expected: str | None
 ) -> None:
     found = forecast_exhausted_at(
-        Decimal(spent), Decimal(10), datetime(2026, 5, 1, tzinfo=UTC),
-        datetime(2026, 6, 1, tzinfo=UTC), datetime.fromisoformat(now),
+        Decimal(spent),
+        Decimal(10),
+        datetime(2026, 5, 1, tzinfo=UTC),
+        datetime(2026, 6, 1, tzinfo=UTC),
+        datetime.fromisoformat(now),
     )
     assert (found.isoformat() if found else None) == expected
+
+
+@pytest.mark.e2e
+def test_alert_posted_once_when_real_gateway_restarts_in_window(
+    fake: FakeProvider, tmp_path: Path, receiver: Receiver
+) -> None:
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(f"""
+version: 1
+timezone: UTC
+providers:
+  anthropic: {{api_key: sk-ant-real-provider-key}}
+alert_webhooks:
+  - {{url: "{receiver.url}/hook", format: json}}
+users:
+  alice: {{max_budget: 0.01}}
+keys:
+  - {{key_alias: alice-key, user: alice, key_sha256: {fingerprint("tg-alice-e2e")}}}
+""")
+    options = {"budget_now": "2026-05-10T12:00:00+00:00"}
+    db = tmp_path / "spend.duckdb"
+
+    def send(gateway: Gateway, input_tokens: int) -> int:
+        connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=30)
+        try:
+            connection.request(
+                "POST",
+                "/v1/messages",
+                json.dumps(
+                    {
+                        "model": SONNET,
+                        "max_tokens": 1,
+                        "messages": [{"role": "user", "content": "hi"}],
+                    }
+                ),
+                {
+                    "content-type": "application/json",
+                    "x-api-key": "tg-alice-e2e",
+                    "x-fake-usage": f"input={input_tokens},output=0",
+                },
+            )
+            response = connection.getresponse()
+            response.read()
+            return response.status
+        finally:
+            connection.close()
+
+    # 1000 input tokens cost 0.003: alice's 0.01 goes to 30%, 60%, then 75%
+    first = Gateway(tmp_path, fake, policy=policy_file, options=options, db=db)
+    try:
+        assert [send(first, 1000), send(first, 1000)] == [200, 200]
+        posts = receiver.wait(1)
+    finally:
+        first.close()
+    second = Gateway(tmp_path, fake, policy=policy_file, options=options, db=db)
+    try:
+        assert send(second, 500) == 200
+        assert len(wait_rows(db, 3)) == 3
+        time.sleep(0.5)
+    finally:
+        second.close()
+    assert len(receiver.posts) == 1, second.log_text()[-2000:]
+    [(path, body)] = posts
+    forecast = body.pop("forecast_exhausted_at")
+    assert (path, body) == (
+        "/hook",
+        {
+            "scope": "user:alice",
+            "kind": "user",
+            "name": "alice",
+            "spent": "0.0060000000",
+            "limit": "0.01",
+            "percent": 60.0,
+            "threshold": 0.5,
+            "window": "1mo",
+            "window_start": "2026-05-01T00:00:00+00:00",
+            "resets_at": "2026-06-01T00:00:00+00:00",
+        },
+    )
+    # 0.006 in 9.5 days: the other 0.004 take 6 1/3 days more (the clock runs on)
+    assert forecast.startswith("2026-05-16T20:0")

@@ -1,4 +1,4 @@
-"""Budget windows, admission with reservations, and rate limits, on a controlled clock."""
+"""Budget windows, admission with reservations, rate limits; on a controlled clock."""
 
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -43,14 +43,30 @@ def book_at(when: datetime) -> tuple[BudgetBook, FakeClock]:
 @pytest.mark.parametrize(
     ("duration", "now", "start", "end"),
     [
-        ("1mo", "2026-12-31T23:30:00+00:00", "2027-01-01T00:00:00+01:00",
-         "2027-02-01T00:00:00+01:00"),
-        ("1d", "2026-12-04T22:59:59+00:00", "2026-12-04T00:00:00+01:00",
-         "2026-12-05T00:00:00+01:00"),
-        ("1w", "2026-12-06T12:00:00+00:00", "2026-11-30T00:00:00+01:00",
-         "2026-12-07T00:00:00+01:00"),
-        ("3mo", "2026-05-10T00:00:00+00:00", "2026-04-01T00:00:00+02:00",
-         "2026-07-01T00:00:00+02:00"),
+        (
+            "1mo",
+            "2026-12-31T23:30:00+00:00",
+            "2027-01-01T00:00:00+01:00",
+            "2027-02-01T00:00:00+01:00",
+        ),
+        (
+            "1d",
+            "2026-12-04T22:59:59+00:00",
+            "2026-12-04T00:00:00+01:00",
+            "2026-12-05T00:00:00+01:00",
+        ),
+        (
+            "1w",
+            "2026-12-06T12:00:00+00:00",
+            "2026-11-30T00:00:00+01:00",
+            "2026-12-07T00:00:00+01:00",
+        ),
+        (
+            "3mo",
+            "2026-05-10T00:00:00+00:00",
+            "2026-04-01T00:00:00+02:00",
+            "2026-07-01T00:00:00+02:00",
+        ),
     ],
 )
 def test_window_starts_at_local_midnight_when_calendar_duration(
@@ -84,7 +100,9 @@ def test_settle_swaps_reservation_for_cost_when_call_ends() -> None:
     budgets = book.budgets_for(ALICE)
     book.admit(budgets, Decimal("6"))
     book.settle(budgets, Decimal("6"), Decimal("1.25"), clock())
-    assert [(b.spent, b.reserved) for b in budgets] == [(Decimal("1.25"), Decimal(0))] * 3
+    assert [(b.spent, b.reserved) for b in budgets] == [
+        (Decimal("1.25"), Decimal(0))
+    ] * 3
 
 
 def test_spent_user_refused_until_next_month_when_window_rolls() -> None:
@@ -101,27 +119,56 @@ def test_model_budget_applies_only_when_model_matches_pattern() -> None:
     book, _ = book_at(datetime(2026, 12, 4, 12, tzinfo=UTC))
     opus = Member("alice", "be", None, ("project:x",), "claude-opus-4-1")
     labels = [b.label for b in book.budgets_for(opus)]
-    assert labels == ["org", "team:be", "team:be/model:claude-opus-*", "user:alice", "tag:project:x"]
-    assert "team:be/model:claude-opus-*" not in [b.label for b in book.budgets_for(ALICE)]
+    assert labels == [
+        "org",
+        "team:be",
+        "team:be/model:claude-opus-*",
+        "user:alice",
+        "tag:project:x",
+    ]
+    assert "team:be/model:claude-opus-*" not in [
+        b.label for b in book.budgets_for(ALICE)
+    ]
 
 
 def test_load_counts_ledger_rows_when_rebuilding_after_restart() -> None:
     book, _ = book_at(datetime(2026, 12, 4, 12, tzinfo=UTC))
     rows = [
-        {"ts": datetime(2026, 12, 2, tzinfo=UTC), "user_id": "alice", "team": "be",
-         "tags": ["project:x"], "cost_usd": Decimal("2.5"), "price_model": "claude-sonnet-4-5"},
-        {"ts": datetime(2026, 11, 30, 22, 59, tzinfo=UTC), "user_id": "alice", "team": "be",
-         "tags": [], "cost_usd": Decimal("7"), "price_model": "claude-sonnet-4-5"},
-        {"ts": datetime(2026, 12, 4, 1, tzinfo=UTC), "user_id": "bob", "team": "be",
-         "tags": [], "cost_usd": Decimal("1"), "price_model": "claude-opus-4-1"},
+        {
+            "ts": datetime(2026, 12, 2, tzinfo=UTC),
+            "user_id": "alice",
+            "team": "be",
+            "tags": ["project:x"],
+            "cost_usd": Decimal("2.5"),
+            "price_model": "claude-sonnet-4-5",
+        },
+        {
+            "ts": datetime(2026, 11, 30, 22, 59, tzinfo=UTC),
+            "user_id": "alice",
+            "team": "be",
+            "tags": [],
+            "cost_usd": Decimal("7"),
+            "price_model": "claude-sonnet-4-5",
+        },
+        {
+            "ts": datetime(2026, 12, 4, 1, tzinfo=UTC),
+            "user_id": "bob",
+            "team": "be",
+            "tags": [],
+            "cost_usd": Decimal("1"),
+            "price_model": "claude-opus-4-1",
+        },
     ]
     book.load(rows)
     spent = {b.label: b.spent for b in book.all_budgets()}
     # alice's 7 USD fell at 23:59 on Nov 30 in Berlin: last month.
     assert spent == {
-        "org": Decimal("3.5"), "team:be": Decimal("3.5"),
-        "team:be/model:claude-opus-*": Decimal(1), "user:alice": Decimal("2.5"),
-        "user:bob": Decimal(1), "tag:project:x": Decimal("2.5"),
+        "org": Decimal("3.5"),
+        "team:be": Decimal("3.5"),
+        "team:be/model:claude-opus-*": Decimal(1),
+        "user:alice": Decimal("2.5"),
+        "user:bob": Decimal(1),
+        "tag:project:x": Decimal("2.5"),
     }
 
 
@@ -134,7 +181,12 @@ def test_rate_limiter_refuses_with_retry_after_when_rpm_reached() -> None:
     assert limiter.admit(scopes, 10) is None
     refused = limiter.admit(scopes, 10)
     assert refused is not None
-    assert (refused.kind, refused.used, refused.limit, refused.retry_after_s) == ("rpm", 2, 2, 41)
+    assert (refused.kind, refused.used, refused.limit, refused.retry_after_s) == (
+        "rpm",
+        2,
+        2,
+        41,
+    )
     now[0] += 41
     assert limiter.admit(scopes, 10) is None
 

@@ -19,7 +19,9 @@ def test_check_reports_ok_when_policy_is_valid(
     assert main(["check", str(ROOT / "policies" / "example.yaml")]) == 0
     out = capsys.readouterr().out
     assert out.startswith("ok: 2 teams, 3 users, 3 keys, 1 tag budgets from ")
-    assert out.rstrip().endswith("58 prices from " + str(ROOT / "addons/tollgate/prices.yaml"))
+    assert out.rstrip().endswith(
+        "58 prices from " + str(ROOT / "addons/tollgate/prices.yaml")
+    )
 
 
 def test_check_lists_every_mistake_with_line_when_policy_is_broken(
@@ -40,8 +42,10 @@ def test_check_lists_every_mistake_with_line_when_policy_is_broken(
     assert main(["check", str(bad)]) == 1
     err = capsys.readouterr().err
     assert err == (
-        f'{bad}:4: teams.backend-eng.max_budget: expected a number of USD >= 0, got \'2k\'\n'
-        f"{bad}:5: teams.backend-eng.budget_duration: expected a duration such as 1d, 1w,"
+        f"{bad}:4: teams.backend-eng.max_budget: expected a number of USD >= 0, got"
+        f" '2k'\n"
+        f"{bad}:5: teams.backend-eng.budget_duration: expected a duration such as 1d,"
+        f" 1w,"
         " 1mo, 30d or 12h, got 'monthly'\n"
         f"{bad}:8: users.alice.team: unknown team 'backend' - teams: backend-eng\n"
         f"{bad}:9: users.alice.rpm_limit: expected a whole number >= 1, got -1\n"
@@ -57,7 +61,10 @@ def test_keys_new_prints_key_once_with_matching_fingerprint_when_asked(
     key = re.search(r"^  (tg-\S+)$", out, re.M)
     assert key is not None
     digest = hashlib.sha256(key.group(1).encode()).hexdigest()
-    assert f"  - key_alias: alice-claude-code\n    user: alice\n    key_sha256: {digest}\n" in out
+    assert (
+        f"  - key_alias: alice-claude-code\n    user: alice\n    key_sha256: {digest}\n"
+        in out
+    )
     assert out.count(key.group(1)) == 4  # the key line and three env lines
 
 

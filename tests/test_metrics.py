@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from tollgate.calls import Call
-from tollgate.engine import Engine
+from tollgate.engine import Clock, Engine
 from tollgate.identity import fingerprint, identify
 from tollgate.ledger import Ledger, read_rows
 from tollgate.meter import StreamMeter
@@ -46,10 +46,11 @@ tags:
 ANTHROPIC = Route("anthropic", "messages")
 
 
-class FixedClock:
+class FixedClock(Clock):
     """The engine's clock, standing still at a chosen time."""
 
     def __init__(self, when: datetime) -> None:
+        super().__init__()
         self.value = when
 
     def now(self) -> datetime:
@@ -60,7 +61,7 @@ class FixedClock:
 
 
 def start_engine(
-    db: Path, policy_text: str = POLICY, port: int = 0, clock: Any = None
+    db: Path, policy_text: str = POLICY, port: int = 0, clock: Clock | None = None
 ) -> Engine:
     """An engine started the way `Engine.from_options` does, on a fixed clock."""
     policy = parse_policy(parse_yaml(policy_text, source="p.yaml"), environ={})
@@ -73,7 +74,7 @@ def start_engine(
     engine.ledger.start()
     engine._rebuild_budgets()
     options = SimpleNamespace(budget_metrics_port=port, budget_metrics_host="127.0.0.1")
-    attach_observers(engine, options)  # type: ignore[arg-type]
+    attach_observers(engine, options)
     return engine
 
 
@@ -94,8 +95,9 @@ def call(
 ) -> None:
     """Admit one call as `secret` and settle it with `usage` (None: refused)."""
     started_s = time.time() - seconds
-    found = Call(route=ANTHROPIC, started=engine.clock.now(), started_s=started_s,
-                 agent="test")
+    found = Call(
+        route=ANTHROPIC, started=engine.clock.now(), started_s=started_s, agent="test"
+    )
     found.facts = RequestFacts(model=model, max_output_tokens=100)
     found.tags = tags
     refusal = engine.admit(found, identify(engine.policy, secret, None), 400)
@@ -116,18 +118,41 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
 
 
 def run_known_calls(engine: Engine) -> None:
-    call(engine, "tg-alice", "claude-sonnet-4-5",
-         Usage(input_tokens=1000, output_tokens=200, cache_read_tokens=5000),
-         tags=("project:x",), ttft_s=0.3)
-    call(engine, "tg-alice", "claude-sonnet-4-5",
-         Usage(input_tokens=2000, output_tokens=100, cache_write_5m_tokens=300,
-               cache_write_1h_tokens=700))
-    call(engine, "tg-bob", "claude-opus-4-1",
-         Usage(input_tokens=100, output_tokens=50), tags=("undeclared",), ttft_s=0.8)
+    call(
+        engine,
+        "tg-alice",
+        "claude-sonnet-4-5",
+        Usage(input_tokens=1000, output_tokens=200, cache_read_tokens=5000),
+        tags=("project:x",),
+        ttft_s=0.3,
+    )
+    call(
+        engine,
+        "tg-alice",
+        "claude-sonnet-4-5",
+        Usage(
+            input_tokens=2000,
+            output_tokens=100,
+            cache_write_5m_tokens=300,
+            cache_write_1h_tokens=700,
+        ),
+    )
+    call(
+        engine,
+        "tg-bob",
+        "claude-opus-4-1",
+        Usage(input_tokens=100, output_tokens=50),
+        tags=("undeclared",),
+        ttft_s=0.8,
+    )
     call(engine, "tg-bob", "mystery-model-9", Usage(input_tokens=10, output_tokens=1))
     call(engine, "tg-stranger", "claude-sonnet-4-5", None)
-    call(engine, None, "claude-haiku-4-5", Usage(input_tokens=40, output_tokens=4,
-                                                 reasoning_tokens=2))
+    call(
+        engine,
+        None,
+        "claude-haiku-4-5",
+        Usage(input_tokens=40, output_tokens=4, reasoning_tokens=2),
+    )
 
 
 def ledger_value(engine: Engine, sql: str) -> Any:
@@ -160,7 +185,9 @@ def money_total(metrics: Metrics, name: str) -> Decimal:
     return found
 
 
-def test_cost_counter_equals_ledger_sum_when_known_calls_settled(engine: Engine) -> None:
+def test_cost_counter_equals_ledger_sum_when_known_calls_settled(
+    engine: Engine,
+) -> None:
     run_known_calls(engine)
     metrics = metrics_of(engine)
     spent = ledger_value(engine, "SELECT sum(cost_usd) FROM requests")
@@ -169,12 +196,39 @@ def test_cost_counter_equals_ledger_sum_when_known_calls_settled(engine: Engine)
     assert spent == Decimal("0.0256350000")
     # each series is the float nearest its exact total; their sum is exact in Decimal
     assert money_total(metrics, "tollgate_cost_usd_total") == spent
-    assert sample(metrics, "tollgate_cost_usd_total", provider="anthropic",
-                  model="claude-sonnet-4-5", team="be", user="alice") == 0.020325
-    assert sample(metrics, "tollgate_cost_usd_total", provider="anthropic",
-                  model="claude-opus-4-1", team="be", user="bob") == 0.00525
-    assert sample(metrics, "tollgate_cost_usd_total", provider="anthropic",
-                  model="claude-haiku-4-5", team="none", user="none") == 0.00006
+    assert (
+        sample(
+            metrics,
+            "tollgate_cost_usd_total",
+            provider="anthropic",
+            model="claude-sonnet-4-5",
+            team="be",
+            user="alice",
+        )
+        == 0.020325
+    )
+    assert (
+        sample(
+            metrics,
+            "tollgate_cost_usd_total",
+            provider="anthropic",
+            model="claude-opus-4-1",
+            team="be",
+            user="bob",
+        )
+        == 0.00525
+    )
+    assert (
+        sample(
+            metrics,
+            "tollgate_cost_usd_total",
+            provider="anthropic",
+            model="claude-haiku-4-5",
+            team="none",
+            user="none",
+        )
+        == 0.00006
+    )
     assert sample(metrics, "tollgate_tag_cost_usd_total", tag="project:x") == 0.0075
 
 
@@ -205,11 +259,31 @@ def test_requests_counter_matches_ledger_outcomes_when_known_calls_settled(
     assert ledger_value(engine, "SELECT count(*) FROM requests") == 6
     assert total(metrics, "tollgate_requests_total") == 6
     assert total(metrics, "tollgate_requests_total", outcome="ok") == 5
-    assert sample(metrics, "tollgate_requests_total", provider="anthropic",
-                  model="other", team="none", user="none", outcome="blocked") == 1
+    assert (
+        sample(
+            metrics,
+            "tollgate_requests_total",
+            provider="anthropic",
+            model="other",
+            team="none",
+            user="none",
+            outcome="blocked",
+        )
+        == 1
+    )
     assert sample(metrics, "tollgate_blocked_total", reason="auth") == 1
-    assert sample(metrics, "tollgate_requests_total", provider="anthropic",
-                  model="other", team="be", user="bob", outcome="ok") == 1
+    assert (
+        sample(
+            metrics,
+            "tollgate_requests_total",
+            provider="anthropic",
+            model="other",
+            team="be",
+            user="bob",
+            outcome="ok",
+        )
+        == 1
+    )
 
 
 def test_labels_bounded_when_rows_carry_undeclared_values(engine: Engine) -> None:
@@ -237,20 +311,52 @@ def test_histograms_count_calls_when_latency_and_ttft_recorded(engine: Engine) -
     latencies = ledger_value(
         engine, "SELECT sum(latency_ms) FROM requests WHERE outcome <> 'blocked'"
     )
-    assert sample(metrics, "tollgate_upstream_latency_seconds_count",
-                  provider="anthropic") == 5
-    assert sample(metrics, "tollgate_upstream_latency_seconds_bucket",
-                  provider="anthropic", le="1.0") == 0
-    assert sample(metrics, "tollgate_upstream_latency_seconds_bucket",
-                  provider="anthropic", le="2.5") == 5
-    assert sample(metrics, "tollgate_upstream_latency_seconds_sum",
-                  provider="anthropic") == pytest.approx(latencies / 1000, abs=1e-9)
-    assert sample(metrics, "tollgate_time_to_first_token_seconds_bucket",
-                  provider="anthropic", le="0.5") == 1
-    assert sample(metrics, "tollgate_time_to_first_token_seconds_count",
-                  provider="anthropic") == 2
-    assert sample(metrics, "tollgate_time_to_first_token_seconds_sum",
-                  provider="anthropic") == 1.1
+    assert (
+        sample(metrics, "tollgate_upstream_latency_seconds_count", provider="anthropic")
+        == 5
+    )
+    assert (
+        sample(
+            metrics,
+            "tollgate_upstream_latency_seconds_bucket",
+            provider="anthropic",
+            le="1.0",
+        )
+        == 0
+    )
+    assert (
+        sample(
+            metrics,
+            "tollgate_upstream_latency_seconds_bucket",
+            provider="anthropic",
+            le="2.5",
+        )
+        == 5
+    )
+    assert sample(
+        metrics, "tollgate_upstream_latency_seconds_sum", provider="anthropic"
+    ) == pytest.approx(latencies / 1000, abs=1e-9)
+    assert (
+        sample(
+            metrics,
+            "tollgate_time_to_first_token_seconds_bucket",
+            provider="anthropic",
+            le="0.5",
+        )
+        == 1
+    )
+    assert (
+        sample(
+            metrics, "tollgate_time_to_first_token_seconds_count", provider="anthropic"
+        )
+        == 2
+    )
+    assert (
+        sample(
+            metrics, "tollgate_time_to_first_token_seconds_sum", provider="anthropic"
+        )
+        == 1.1
+    )
 
 
 def test_overhead_histogram_observes_when_engine_reports_hook_time(
@@ -275,23 +381,73 @@ def test_budget_gauges_equal_ledger_when_engine_restarted(tmp_path: Path) -> Non
         alice = ledger_value(
             second, "SELECT sum(cost_usd) FROM requests WHERE user_id = 'alice'"
         )
-        team = ledger_value(second, "SELECT sum(cost_usd) FROM requests WHERE team = 'be'")
+        team = ledger_value(
+            second, "SELECT sum(cost_usd) FROM requests WHERE team = 'be'"
+        )
         assert total(metrics, "tollgate_cost_usd_total") == 0
-        assert sample(metrics, "tollgate_budget_spent_usd", budget="user:alice",
-                      kind="user", name="alice") == float(alice) == 0.020325
-        assert sample(metrics, "tollgate_budget_spent_usd", budget="team:be",
-                      kind="team", name="be") == float(team) == 0.025575
-        assert sample(metrics, "tollgate_budget_spent_usd",
-                      budget="team:be/model:claude-opus-*", kind="team",
-                      name="be") == 0.00525
-        assert sample(metrics, "tollgate_budget_limit_usd", budget="user:alice",
-                      kind="user", name="alice") == 10
-        assert sample(metrics, "tollgate_budget_window_end_timestamp_seconds",
-                      budget="org", kind="org", name="org") == datetime(
-            2026, 6, 1, tzinfo=UTC).timestamp()
-        assert sample(metrics, "tollgate_budget_alert_threshold_ratio",
-                      budget="tag:project:x", kind="tag", name="project:x",
-                      threshold="0.9") == 0.9
+        assert (
+            sample(
+                metrics,
+                "tollgate_budget_spent_usd",
+                budget="user:alice",
+                kind="user",
+                name="alice",
+            )
+            == float(alice)
+            == 0.020325
+        )
+        assert (
+            sample(
+                metrics,
+                "tollgate_budget_spent_usd",
+                budget="team:be",
+                kind="team",
+                name="be",
+            )
+            == float(team)
+            == 0.025575
+        )
+        assert (
+            sample(
+                metrics,
+                "tollgate_budget_spent_usd",
+                budget="team:be/model:claude-opus-*",
+                kind="team",
+                name="be",
+            )
+            == 0.00525
+        )
+        assert (
+            sample(
+                metrics,
+                "tollgate_budget_limit_usd",
+                budget="user:alice",
+                kind="user",
+                name="alice",
+            )
+            == 10
+        )
+        assert (
+            sample(
+                metrics,
+                "tollgate_budget_window_end_timestamp_seconds",
+                budget="org",
+                kind="org",
+                name="org",
+            )
+            == datetime(2026, 6, 1, tzinfo=UTC).timestamp()
+        )
+        assert (
+            sample(
+                metrics,
+                "tollgate_budget_alert_threshold_ratio",
+                budget="tag:project:x",
+                kind="tag",
+                name="project:x",
+                threshold="0.9",
+            )
+            == 0.9
+        )
     finally:
         second.close()
 
@@ -302,8 +458,16 @@ def test_reserved_gauge_holds_worst_case_when_call_in_flight(engine: Engine) -> 
     assert engine.admit(found, identify(engine.policy, "tg-alice", None), 300) is None
     metrics = metrics_of(engine)
     # 100 input tokens (300 bytes / 3) * 3 + 1000 output * 15 = 15300 USD per million
-    assert sample(metrics, "tollgate_budget_reserved_usd", budget="user:alice",
-                  kind="user", name="alice") == 0.0153
+    assert (
+        sample(
+            metrics,
+            "tollgate_budget_reserved_usd",
+            budget="user:alice",
+            kind="user",
+            name="alice",
+        )
+        == 0.0153
+    )
 
 
 def test_ledger_gauges_report_writer_state_when_rows_written(engine: Engine) -> None:
@@ -326,7 +490,8 @@ def test_exporter_serves_metrics_when_port_configured(tmp_path: Path) -> None:
         with urllib.request.urlopen(url, timeout=5) as answer:
             text = answer.read().decode()
         assert 'tollgate_blocked_total{reason="auth"} 1.0' in text
-        assert 'tollgate_budget_limit_usd{budget="org",kind="org",name="org"} 1000.0' in text
+        org = 'tollgate_budget_limit_usd{budget="org",kind="org",name="org"} 1000.0'
+        assert org in text
     finally:
         engine.close()
     assert metrics.port is None

@@ -22,8 +22,16 @@ GEMINI = Route("gemini", "stream_generate", "gemini-2.5-flash")
 @pytest.mark.parametrize(
     ("host", "path", "expected"),
     [
-        ("api.anthropic.com", "/v1/messages?beta=true", ("anthropic", "messages", None)),
-        ("api.anthropic.com", "/v1/messages/count_tokens", ("anthropic", "count_tokens", None)),
+        (
+            "api.anthropic.com",
+            "/v1/messages?beta=true",
+            ("anthropic", "messages", None),
+        ),
+        (
+            "api.anthropic.com",
+            "/v1/messages/count_tokens",
+            ("anthropic", "count_tokens", None),
+        ),
         ("api.anthropic.com", "/v1/models", ("anthropic", "other", None)),
         ("api.openai.com", "/v1/chat/completions", ("openai", "chat", None)),
         ("api.openai.com", "/v1/responses", ("openai", "responses", None)),
@@ -39,8 +47,11 @@ GEMINI = Route("gemini", "stream_generate", "gemini-2.5-flash")
             ("gemini", "stream_generate", "gemini-2.5-flash"),
         ),
         ("127.0.0.1", "/v1/messages", ("anthropic", "messages", None)),
-        ("127.0.0.1", "/v1beta/models/gemini-2.5-pro%3AgenerateContent",
-         ("gemini", "generate", "gemini-2.5-pro")),
+        (
+            "127.0.0.1",
+            "/v1beta/models/gemini-2.5-pro%3AgenerateContent",
+            ("gemini", "generate", "gemini-2.5-pro"),
+        ),
         ("llm.corp.example", "/v1/chat/completions", ("openai", "chat", None)),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
@@ -55,14 +66,20 @@ def test_classify_recognises_endpoint_when_host_or_path_matches(
 
 @pytest.mark.parametrize(
     ("host", "path"),
-    [("example.com", "/index.html"), ("127.0.0.1", "/v1/models"), ("pypi.org", "/simple/")],
+    [
+        ("example.com", "/index.html"),
+        ("127.0.0.1", "/v1/models"),
+        ("pypi.org", "/simple/"),
+    ],
 )
 def test_classify_passes_traffic_when_not_an_llm_call(host: str, path: str) -> None:
     assert providers.classify(host, path, {}) is None
 
 
 def test_classify_uses_policy_host_when_declared() -> None:
-    route = providers.classify("llm.internal", "/v1/messages", {"llm.internal": "anthropic"})
+    route = providers.classify(
+        "llm.internal", "/v1/messages", {"llm.internal": "anthropic"}
+    )
     assert route == Route("anthropic", "messages")
 
 
@@ -79,20 +96,50 @@ def stream_usage(route: Route, name: str) -> tuple[Usage | None, bool, str | Non
     ("route", "name", "usage", "complete", "error"),
     [
         (ANTHROPIC, "anthropic-messages-stream-basic.sse", Usage(135, 10), True, None),
-        (ANTHROPIC, "anthropic-messages-stream-cache.sse",
-         Usage(3, 5, cache_read_tokens=14723, cache_write_5m_tokens=3117), True, None),
-        (ANTHROPIC, "anthropic-messages-stream-websearch.sse",
-         Usage(10682, 510, web_search_requests=1), True, None),
-        (ANTHROPIC, "anthropic-messages-stream-error-midstream.sse",
-         Usage(2679, 1), False, "overloaded_error"),
+        (
+            ANTHROPIC,
+            "anthropic-messages-stream-cache.sse",
+            Usage(3, 5, cache_read_tokens=14723, cache_write_5m_tokens=3117),
+            True,
+            None,
+        ),
+        (
+            ANTHROPIC,
+            "anthropic-messages-stream-websearch.sse",
+            Usage(10682, 510, web_search_requests=1),
+            True,
+            None,
+        ),
+        (
+            ANTHROPIC,
+            "anthropic-messages-stream-error-midstream.sse",
+            Usage(2679, 1),
+            False,
+            "overloaded_error",
+        ),
         (CHAT, "openai-chat-stream-include-usage.sse", Usage(14, 30), True, None),
         (CHAT, "openai-chat-stream-no-usage.sse", None, True, None),
-        (RESPONSES, "openai-responses-stream-toolcall-reasoning.sse",
-         Usage(75, 155, reasoning_tokens=128), True, None),
-        (RESPONSES, "openai-responses-stream-error-failed.sse", None, False,
-         "insufficient_quota"),
-        (GEMINI, "gemini-streamgeneratecontent-thinking-long.sse",
-         Usage(4, 7989, reasoning_tokens=2042), True, None),
+        (
+            RESPONSES,
+            "openai-responses-stream-toolcall-reasoning.sse",
+            Usage(75, 155, reasoning_tokens=128),
+            True,
+            None,
+        ),
+        (
+            RESPONSES,
+            "openai-responses-stream-error-failed.sse",
+            None,
+            False,
+            "insufficient_quota",
+        ),
+        (
+            GEMINI,
+            "gemini-streamgeneratecontent-thinking-long.sse",
+            Usage(4, 7989, reasoning_tokens=2042),
+            True,
+            None,
+        ),
     ],
     ids=lambda v: v if isinstance(v, str) and v.endswith(".sse") else None,
 )
@@ -105,15 +152,36 @@ def test_stream_reader_reports_usage_when_fed_recorded_stream(
 @pytest.mark.parametrize(
     ("route", "name", "usage", "model"),
     [
-        (ANTHROPIC, "anthropic-messages-nonstream-cache-1h.json",
-         Usage(2, 120, 110000, 4000, 16000), "claude-opus-4-6"),
-        (ANTHROPIC, "anthropic-messages-nonstream-cache.json",
-         Usage(3, 18, 14723, 3117), "claude-sonnet-4-5-20250929"),
-        (CHAT, "openai-chat-nonstream-recorded.json", Usage(14, 37), "gpt-4o-2024-08-06"),
-        (RESPONSES, "openai-responses-nonstream-reasoning.json", Usage(72, 25),
-         "gpt-5-mini-2025-08-07"),
-        (Route("gemini", "generate"), "gemini-generatecontent-basic.json",
-         Usage(3, 19, reasoning_tokens=17), "gemini-2.5-flash"),
+        (
+            ANTHROPIC,
+            "anthropic-messages-nonstream-cache-1h.json",
+            Usage(2, 120, 110000, 4000, 16000),
+            "claude-opus-4-6",
+        ),
+        (
+            ANTHROPIC,
+            "anthropic-messages-nonstream-cache.json",
+            Usage(3, 18, 14723, 3117),
+            "claude-sonnet-4-5-20250929",
+        ),
+        (
+            CHAT,
+            "openai-chat-nonstream-recorded.json",
+            Usage(14, 37),
+            "gpt-4o-2024-08-06",
+        ),
+        (
+            RESPONSES,
+            "openai-responses-nonstream-reasoning.json",
+            Usage(72, 25),
+            "gpt-5-mini-2025-08-07",
+        ),
+        (
+            Route("gemini", "generate"),
+            "gemini-generatecontent-basic.json",
+            Usage(3, 19, reasoning_tokens=17),
+            "gemini-2.5-flash",
+        ),
     ],
     ids=lambda v: v if isinstance(v, str) and v.endswith(".json") else None,
 )
@@ -125,17 +193,29 @@ def test_usage_from_body_normalises_when_given_real_response(
 
 
 def test_anthropic_usage_uses_split_when_flat_cache_total_is_zero() -> None:
-    body = {"usage": {"input_tokens": 1, "output_tokens": 2, "cache_creation_input_tokens": 0,
-                      "cache_creation": {"ephemeral_5m_input_tokens": 7,
-                                         "ephemeral_1h_input_tokens": 5}}}
+    body = {
+        "usage": {
+            "input_tokens": 1,
+            "output_tokens": 2,
+            "cache_creation_input_tokens": 0,
+            "cache_creation": {
+                "ephemeral_5m_input_tokens": 7,
+                "ephemeral_1h_input_tokens": 5,
+            },
+        }
+    }
     usage, _ = providers.usage_from_body(ANTHROPIC, body)
     assert usage == Usage(1, 2, cache_write_5m_tokens=7, cache_write_1h_tokens=5)
 
 
 @pytest.mark.parametrize(
     "raw",
-    [{"input_tokens": -5, "output_tokens": "9"}, {"input_tokens": True, "output_tokens": None},
-     {"input_tokens": 1.5}, []],
+    [
+        {"input_tokens": -5, "output_tokens": "9"},
+        {"input_tokens": True, "output_tokens": None},
+        {"input_tokens": 1.5},
+        [],
+    ],
     ids=["negative-and-string", "bool-and-null", "fraction", "not-an-object"],
 )
 def test_usage_counts_are_zero_when_values_are_not_counts(raw: object) -> None:
@@ -146,16 +226,28 @@ def test_usage_counts_are_zero_when_values_are_not_counts(raw: object) -> None:
 def test_openai_request_asks_for_usage_when_stream_lacks_include_usage() -> None:
     body = {"model": "gpt-4.1", "stream": True, "metadata": {"tags": ["a:b"], "k": "v"}}
     facts = providers.read_request(CHAT, body)
-    assert body == {"model": "gpt-4.1", "stream": True, "metadata": {"k": "v"},
-                    "stream_options": {"include_usage": True}}
+    assert body == {
+        "model": "gpt-4.1",
+        "stream": True,
+        "metadata": {"k": "v"},
+        "stream_options": {"include_usage": True},
+    }
     assert (facts.usage_injected, facts.changed, facts.tags) == (True, True, ["a:b"])
 
 
 def test_anthropic_request_drops_tags_and_metadata_when_only_tags_were_there() -> None:
-    body = {"model": "claude-opus-4-1", "max_tokens": 50, "metadata": {"tags": "x:1,y:2"}}
+    body = {
+        "model": "claude-opus-4-1",
+        "max_tokens": 50,
+        "metadata": {"tags": "x:1,y:2"},
+    }
     facts = providers.read_request(ANTHROPIC, body)
     assert body == {"model": "claude-opus-4-1", "max_tokens": 50}
-    assert (facts.model, facts.max_output_tokens, facts.tags) == ("claude-opus-4-1", 50, ["x:1", "y:2"])
+    assert (facts.model, facts.max_output_tokens, facts.tags) == (
+        "claude-opus-4-1",
+        50,
+        ["x:1", "y:2"],
+    )
 
 
 @pytest.mark.parametrize(
@@ -186,11 +278,24 @@ def test_error_body_has_provider_shape_when_gateway_refuses(provider: str) -> No
     status, body = providers.error_body(provider, 402, "Tollgate: budget")
     data = json.loads(body)
     expected = {
-        "anthropic": {"type": "error", "error": {"type": "billing_error",
-                                                 "message": "Tollgate: budget"}},
-        "openai": {"error": {"message": "Tollgate: budget", "type": "insufficient_quota",
-                             "param": None, "code": "budget_exceeded"}},
-        "gemini": {"error": {"code": 402, "message": "Tollgate: budget",
-                             "status": "RESOURCE_EXHAUSTED"}},
+        "anthropic": {
+            "type": "error",
+            "error": {"type": "billing_error", "message": "Tollgate: budget"},
+        },
+        "openai": {
+            "error": {
+                "message": "Tollgate: budget",
+                "type": "insufficient_quota",
+                "param": None,
+                "code": "budget_exceeded",
+            }
+        },
+        "gemini": {
+            "error": {
+                "code": 402,
+                "message": "Tollgate: budget",
+                "status": "RESOURCE_EXHAUSTED",
+            }
+        },
     }[provider]
     assert (status, data) == (402, expected)

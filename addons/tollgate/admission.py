@@ -40,7 +40,9 @@ class Admission:
         self.book = book
         self.limiter = limiter
 
-    def admit(self, call: Call, principal: Principal, body_bytes: int) -> Refusal | None:
+    def admit(
+        self, call: Call, principal: Principal, body_bytes: int
+    ) -> Refusal | None:
         """Check the call; on success its budgets hold a reservation."""
         call.principal = principal
         if principal.refusal is not None:
@@ -77,7 +79,9 @@ class Admission:
                 " need one - add it to the price table or set allow_unpriced_models",
             )
 
-        call.estimated_input = estimate_input_tokens(body_bytes, self.policy.bytes_per_token)
+        call.estimated_input = estimate_input_tokens(
+            body_bytes, self.policy.bytes_per_token
+        )
         rates = [
             (level_label(level.kind, level.name), level.rpm_limit, level.tpm_limit)
             for level in levels

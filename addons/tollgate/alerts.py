@@ -91,12 +91,14 @@ class Alert:
 
     def record(self, sent_at: datetime) -> str:
         """The line kept in `<db>.alerts` once delivered."""
-        return json.dumps({
-            "budget": self.scope,
-            "window_start": self.window_start.isoformat(),
-            "thresholds": [str(t) for t in self.covers],
-            "sent_at": sent_at.isoformat(),
-        })
+        return json.dumps(
+            {
+                "budget": self.scope,
+                "window_start": self.window_start.isoformat(),
+                "thresholds": [str(t) for t in self.covers],
+                "sent_at": sent_at.isoformat(),
+            }
+        )
 
 
 def _iso(when: datetime | None) -> str | None:
@@ -150,8 +152,12 @@ class SentAlerts:
         except FileNotFoundError:
             return
         except OSError as e:
-            logger.error("alerts: cannot read %s (%s); alerts already sent this window"
-                         " may be sent again", self.path, e.strerror)
+            logger.error(
+                "alerts: cannot read %s (%s); alerts already sent this window"
+                " may be sent again",
+                self.path,
+                e.strerror,
+            )
             return
         kept = []
         for line in lines:
@@ -183,8 +189,12 @@ class SentAlerts:
                 f.write(line + "\n")
         except OSError as e:
             if not self._failed:
-                logger.error("alerts: cannot write %s (%s); a restart may send this"
-                             " window's alerts again", self.path, e.strerror)
+                logger.error(
+                    "alerts: cannot write %s (%s); a restart may send this"
+                    " window's alerts again",
+                    self.path,
+                    e.strerror,
+                )
             self._failed = True
             return
         self._failed = False
@@ -210,16 +220,20 @@ class Delivery:
             queue.Queue(max_queued)
         )
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="tollgate-alerts",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="tollgate-alerts", daemon=True
+        )
         self._thread.start()
 
     def submit(self, alert: Alert, hooks: tuple[Webhook, ...]) -> None:
         try:
             self._queue.put_nowait((alert, hooks))
         except queue.Full:
-            logger.error("alerts: %d alerts waiting for delivery; dropped the one for"
-                         " %s", self._queue.qsize(), alert.scope)
+            logger.error(
+                "alerts: %d alerts waiting for delivery; dropped the one for %s",
+                self._queue.qsize(),
+                alert.scope,
+            )
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Deliver what is queued for up to `timeout_s`, then give up on the rest."""
@@ -258,7 +272,9 @@ class Delivery:
             if delay and self._stop.wait(delay):
                 break
             request = urllib.request.Request(
-                hook.url, data=data, method="POST",
+                hook.url,
+                data=data,
+                method="POST",
                 headers={"content-type": "application/json", "user-agent": "tollgate"},
             )
             try:
@@ -272,8 +288,12 @@ class Delivery:
             except (OSError, ValueError, http.client.HTTPException) as e:
                 problem = f"{type(e).__name__}: {e}"
             logger.debug("alerts: webhook %s try %d: %s", where, attempt + 1, problem)
-        logger.error("alerts: webhook %s gave up on the alert for %s (%s)",
-                     where, alert.scope, problem)
+        logger.error(
+            "alerts: webhook %s gave up on the alert for %s (%s)",
+            where,
+            alert.scope,
+            problem,
+        )
         return False
 
 
@@ -344,4 +364,3 @@ class AlertWatcher:
         self.sent.keys.update((budget.label, start, t) for t in found)
         logger.warning("%s", alert.text())
         self.delivery.submit(alert, self.engine.policy.webhooks)
-

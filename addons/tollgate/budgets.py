@@ -38,7 +38,9 @@ class ScopeBudget:
 
     def roll(self, now: datetime, policy: Policy) -> None:
         if self.window_end is None or now >= self.window_end:
-            self.window_start, self.window_end = self.duration.bounds(now, policy.timezone)
+            self.window_start, self.window_end = self.duration.bounds(
+                now, policy.timezone
+            )
             self.spent = ZERO
             self.fired = set()
 
@@ -84,7 +86,9 @@ class BudgetBook:
         if limits.max_budget is not None:
             found.append(self._budget(limits, label, limits.max_budget, None))
         for pattern, amount in limits.model_max_budget:
-            found.append(self._budget(limits, f"{label}/model:{pattern}", amount, pattern))
+            found.append(
+                self._budget(limits, f"{label}/model:{pattern}", amount, pattern)
+            )
 
     def _budget(
         self, limits: Limits, label: str, amount: Decimal, pattern: str | None
@@ -130,7 +134,9 @@ class BudgetBook:
                 found.append(budget)
         return found
 
-    def admit(self, budgets: list[ScopeBudget], amount: Decimal) -> BudgetRefusal | None:
+    def admit(
+        self, budgets: list[ScopeBudget], amount: Decimal
+    ) -> BudgetRefusal | None:
         """Reserve `amount` in every budget, or refuse naming the first without room."""
         for budget in budgets:
             if budget.spent >= budget.limit or (

@@ -56,7 +56,9 @@ def estimate_input_tokens(body_bytes: int, bytes_per_token: int) -> int:
 
 def estimate_stream_usage(call: Call, known: Usage | None, body_bytes: int) -> Usage:
     """Usage of a stream that ended early: what was reported, plus output from text."""
-    usage = known if known is not None else Usage(input_tokens=math.ceil(body_bytes / 4))
+    usage = (
+        known if known is not None else Usage(input_tokens=math.ceil(body_bytes / 4))
+    )
     if call.meter is not None:
         from_text = math.ceil(call.meter.reader.text_chars / 4)
         usage.output_tokens = max(usage.output_tokens, from_text)

@@ -64,7 +64,9 @@ def run_check(args: argparse.Namespace) -> int:
     if problems:
         print("\n".join(problems), file=sys.stderr)
         count = sum(p.count("\n") + 1 for p in problems)
-        print(f"Error: {count} problem{'s' if count != 1 else ''} found", file=sys.stderr)
+        print(
+            f"Error: {count} problem{'s' if count != 1 else ''} found", file=sys.stderr
+        )
         return 1
     assert prices is not None
     print(f"ok: {policy.describe()}; {len(prices.entries)} prices from {prices.source}")

@@ -1,4 +1,4 @@
-"""`tollgate keys new`: issue a virtual key, shown once, stored only as a fingerprint."""
+"""`tollgate keys new`: a virtual key, shown once, stored only as a fingerprint."""
 
 import argparse
 import secrets
@@ -11,7 +11,8 @@ def register(commands: Any) -> None:
     keys = commands.add_parser(
         "keys",
         help="issue virtual keys",
-        description="Issue virtual keys. Example: tollgate keys new alice --alias laptop",
+        description="Issue virtual keys."
+        " Example: tollgate keys new alice --alias laptop",
     )
     actions = keys.add_subparsers(title="actions", metavar="ACTION")
     new = actions.add_parser(
@@ -35,7 +36,7 @@ def run_new(args: argparse.Namespace) -> int:
     key = VIRTUAL_PREFIX + secrets.token_urlsafe(32)
     alias = args.alias or f"{args.user}-key"
     gateway = args.gateway.rstrip("/")
-    print(f"""New virtual key for {args.user} (shown once; Tollgate keeps only its hash):
+    print(f"""New virtual key for {args.user} (shown once; Tollgate keeps its hash):
 
   {key}
 

@@ -40,8 +40,10 @@ TOTALS = (
     ("input_tokens", "coalesce(sum(input_tokens), 0)"),
     ("output_tokens", "coalesce(sum(output_tokens), 0)"),
     ("cache_read_tokens", "coalesce(sum(cache_read_tokens), 0)"),
-    ("cache_write_tokens",
-     "coalesce(sum(cache_write_5m_tokens + cache_write_1h_tokens), 0)"),
+    (
+        "cache_write_tokens",
+        "coalesce(sum(cache_write_5m_tokens + cache_write_1h_tokens), 0)",
+    ),
     ("cost_usd", "coalesce(sum(cost_usd), 0)"),
 )
 # A call with several tags counts under each; one without any under an empty tag.
@@ -63,7 +65,9 @@ def register(commands: Any) -> None:
     )
     _ledger_option(report)
     report.add_argument(
-        "--by", action="append", metavar="GROUP",
+        "--by",
+        action="append",
+        metavar="GROUP",
         help="user, team, model, tag, day (UTC) or session; repeat or comma-separate"
         " to group by several (default: user)",
     )
@@ -84,7 +88,8 @@ def register(commands: Any) -> None:
     budgets.add_argument("--policy", type=Path, required=True, help="policy YAML")
     _ledger_option(budgets)
     budgets.add_argument(
-        "--metrics-url", default=METRICS_URL,
+        "--metrics-url",
+        default=METRICS_URL,
         help="the gateway's /metrics, for reserved amounts (default: %(default)s)",
     )
     budgets.add_argument("--now", help=f"show windows as of this time: {WHEN_HELP}")
@@ -94,14 +99,18 @@ def register(commands: Any) -> None:
 
 def _ledger_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--db", type=Path, default=Path("spend.duckdb"),
+        "--db",
+        type=Path,
+        default=Path("spend.duckdb"),
         help="the gateway's ledger (budget_db; default: %(default)s)",
     )
 
 
 def _format_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--format", choices=("table", "csv", "json"), default="table",
+        "--format",
+        choices=("table", "csv", "json"),
+        default="table",
         help="output format (default: %(default)s)",
     )
 
@@ -114,7 +123,9 @@ def run_report(args: argparse.Namespace) -> int:
     since = parse_when(args.since, "--since") if args.since else None
     until = parse_when(args.until, "--until") if args.until else None
     if since and until and until <= since:
-        raise TollgateError(f"--until: {args.until!r} is not after --since {args.since!r}")
+        raise TollgateError(
+            f"--until: {args.until!r} is not after --since {args.since!r}"
+        )
     _require_ledger(args.db)
 
     where, params = _range(since, until)
@@ -131,7 +142,8 @@ def run_report(args: argparse.Namespace) -> int:
     rows = [list(r) for r in read_rows(args.db, sql, params)]
     total = None
     if args.format == "table":
-        [found] = read_rows(args.db, f"SELECT {sums} FROM requests WHERE {where}", params)
+        sql = f"SELECT {sums} FROM requests WHERE {where}"
+        [found] = read_rows(args.db, sql, params)
         total = ["total", *[""] * (len(groups) - 1), *found]
     emit(args.format, header, rows, total)
     return 0
@@ -204,18 +216,32 @@ def run_budgets(args: argparse.Namespace) -> int:
     book.load(Ledger(args.db).rows_since(book.earliest_window_start()))
     reserved = fetch_reserved(args.metrics_url)
 
-    header = ["budget", "window", "limit", "spent", "reserved", "used", "resets",
-              "forecast"]
+    header = [
+        "budget",
+        "window",
+        "limit",
+        "spent",
+        "reserved",
+        "used",
+        "resets",
+        "forecast",
+    ]
     rows: list[list[Any]] = []
     for b in book.all_budgets():
         assert b.window_start is not None and b.window_end is not None
         held = reserved.get(b.label) if reserved is not None else None
-        rows.append([
-            b.label, str(b.duration), b.limit, b.spent, held,
-            f"{b.spent * 100 / b.limit:.1f}%" if b.limit else None,
-            b.window_end.isoformat(timespec="seconds"),
-            _forecast(b.spent, b.limit, b.window_start, b.window_end, now),
-        ])
+        rows.append(
+            [
+                b.label,
+                str(b.duration),
+                b.limit,
+                b.spent,
+                held,
+                f"{b.spent * 100 / b.limit:.1f}%" if b.limit else None,
+                b.window_end.isoformat(timespec="seconds"),
+                _forecast(b.spent, b.limit, b.window_start, b.window_end, now),
+            ]
+        )
     emit(args.format, header, rows, None)
     return 0
 
@@ -232,7 +258,7 @@ def _forecast(
 
 
 def fetch_reserved(url: str) -> dict[str, Decimal] | None:
-    """Reserved USD per budget from a running gateway's /metrics; None if unreachable."""
+    """Reserved USD per budget from a running gateway's /metrics; None if not there."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     found: dict[str, Decimal] = {}
     try:
@@ -273,7 +299,9 @@ def emit(
     fmt: str, header: list[str], rows: list[list[Any]], total: list[Any] | None
 ) -> None:
     if fmt == "json":
-        items = [{h: cell(v, fmt) for h, v in zip(header, r, strict=True)} for r in rows]
+        items = [
+            dict(zip(header, (cell(v, fmt) for v in r), strict=True)) for r in rows
+        ]
         print(json.dumps(items, indent=2))
         return
     if fmt == "csv":
@@ -283,8 +311,10 @@ def emit(
 
     body = [*rows, total] if total else rows
     places = [_places(r[i] for r in body) for i in range(len(header))]
-    shown = [[_fixed(v, p) if p else cell(v, fmt) for v, p in zip(r, places)]
-             for r in body]
+    shown = [
+        [_fixed(v, p) if p else cell(v, fmt) for v, p in zip(r, places, strict=True)]
+        for r in body
+    ]
     table = [header, *shown]
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     right = [
@@ -305,9 +335,11 @@ def emit(
 
 def _places(values: Any) -> int:
     """Decimal places that show every Decimal of a column exactly; 0 if none."""
-    exponents = [-v.normalize().as_tuple().exponent for v in values
-                 if isinstance(v, Decimal)]
-    return max([2, *exponents]) if exponents else 0
+    exponents = [
+        v.normalize().as_tuple().exponent for v in values if isinstance(v, Decimal)
+    ]
+    places = [-e for e in exponents if isinstance(e, int)]
+    return max([2, *places]) if exponents else 0
 
 
 def _fixed(value: Any, places: int) -> str:

@@ -25,7 +25,8 @@ def make_decoder(content_encoding: str | None) -> Decoder | None:
     if encoding == "zstd":
         import zstandard
 
-        return zstandard.ZstdDecompressor().decompressobj().decompress  # type: ignore[no-any-return]
+        decoder = zstandard.ZstdDecompressor().decompressobj()
+        return decoder.decompress  # type: ignore[no-any-return]
     raise ValueError(f"unsupported content-encoding {encoding!r}")
 
 

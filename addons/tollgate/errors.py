@@ -1,7 +1,7 @@
 """Exceptions raised by Tollgate.
 
     TollgateError
-    ├── ConfigError        a policy or price file is wrong (file, line, YAML path, value)
+    ├── ConfigError        a policy or price file is wrong (file, line, path, value)
     │   ├── PolicyError    the policy file
     │   └── PriceError     the price table
     └── LedgerError        the DuckDB ledger cannot be opened or written

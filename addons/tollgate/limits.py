@@ -62,7 +62,7 @@ class RateLimiter:
     def admit(
         self, limits: list[tuple[str, int | None, int | None]], tokens: int
     ) -> RateRefusal | None:
-        """Check every (scope, rpm, tpm); count the call in all of them if none says no."""
+        """Check each (scope, rpm, tpm); count the call in all if none says no."""
         now = self.clock()
         for scope, rpm, tpm in limits:
             if rpm is not None:

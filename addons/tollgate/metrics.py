@@ -28,8 +28,18 @@ logger = logging.getLogger(__name__)
 
 OUTCOMES = frozenset({"ok", "blocked", "aborted", "upstream_error"})
 REASONS = frozenset(
-    {"auth", "body", "model", "unpriced", "budget", "rpm", "tpm", "ledger", "config",
-     "internal"}
+    {
+        "auth",
+        "body",
+        "model",
+        "unpriced",
+        "budget",
+        "rpm",
+        "tpm",
+        "ledger",
+        "config",
+        "internal",
+    }
 )
 TOKEN_KINDS = {
     "input": ("input_tokens",),
@@ -40,8 +50,19 @@ TOKEN_KINDS = {
 }
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
 TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30)
-OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-                    0.1, 0.25)
+OVERHEAD_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+)
 BUDGET_LABELS = ("budget", "kind", "name")
 CALL_LABELS = ("provider", "model", "team", "user")
 NONE = "none"
@@ -62,8 +83,8 @@ class Labels:
 
     def call(self, row: dict[str, Any]) -> tuple[str, str, str, str]:
         policy = self.engine.policy
-        provider = row.get("provider")
-        model = row.get("price_model")
+        provider = str(row.get("provider"))
+        model = str(row.get("price_model"))
         return (
             provider if provider in MODULES else OTHER,
             model if model in self.engine.prices.entries else OTHER,
@@ -185,7 +206,9 @@ def budget_families(
         if end is not None:
             families["resets"].add_metric(labels, end.timestamp())
         for threshold in budget.thresholds:
-            thresholds.add_metric((*labels, str(threshold)), float(threshold))
+            # one spelling per value: 1, 1.0 and 1.00 in YAML are all "1"
+            name = format(threshold.normalize(), "f")
+            thresholds.add_metric((*labels, name), float(threshold))
     yield from families.values()
     yield thresholds
 
@@ -199,35 +222,51 @@ class Metrics:
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
         self.requests = Counter(
-            "tollgate_requests", "Metered calls by outcome (ok, blocked, aborted,"
-            " upstream_error)", (*CALL_LABELS, "outcome"), registry=registry,
+            "tollgate_requests",
+            "Metered calls by outcome (ok, blocked, aborted, upstream_error)",
+            (*CALL_LABELS, "outcome"),
+            registry=registry,
         )
         self.tokens = Counter(
-            "tollgate_tokens", "Tokens by kind; output includes reasoning, so never"
-            " add the two", ("provider", "model", "kind"), registry=registry,
+            "tollgate_tokens",
+            "Tokens by kind; output includes reasoning, so never add the two",
+            ("provider", "model", "kind"),
+            registry=registry,
         )
         self.blocked = Counter(
-            "tollgate_blocked", "Calls the gateway refused, by reason", ("reason",),
+            "tollgate_blocked",
+            "Calls the gateway refused, by reason",
+            ("reason",),
             registry=registry,
         )
         self.latency = Histogram(
-            "tollgate_upstream_latency_seconds", "Call duration, request to last byte",
-            ("provider",), buckets=LATENCY_BUCKETS, registry=registry,
+            "tollgate_upstream_latency_seconds",
+            "Call duration, request to last byte",
+            ("provider",),
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
         )
         self.ttft = Histogram(
-            "tollgate_time_to_first_token_seconds", "Streamed calls: request to first"
-            " response byte", ("provider",), buckets=TTFT_BUCKETS, registry=registry,
+            "tollgate_time_to_first_token_seconds",
+            "Streamed calls: request to first response byte",
+            ("provider",),
+            buckets=TTFT_BUCKETS,
+            registry=registry,
         )
         self.overhead = Histogram(
-            "tollgate_gateway_overhead_seconds", "Time the gateway's own hooks took for"
-            " one call", buckets=OVERHEAD_BUCKETS, registry=registry,
+            "tollgate_gateway_overhead_seconds",
+            "Time the gateway's own hooks took for one call",
+            buckets=OVERHEAD_BUCKETS,
+            registry=registry,
         )
         self.cost = ExactCounter(
-            "tollgate_cost_usd", "Spend in USD (the ledger holds the exact figure)",
+            "tollgate_cost_usd",
+            "Spend in USD (the ledger holds the exact figure)",
             CALL_LABELS,
         )
         self.tag_cost = ExactCounter(
-            "tollgate_tag_cost_usd", "Spend in USD of calls carrying a policy tag",
+            "tollgate_tag_cost_usd",
+            "Spend in USD of calls carrying a policy tag",
             ("tag",),
         )
         registry.register(self.cost)
@@ -241,8 +280,12 @@ class Metrics:
                 port, host, registry=self.registry
             )
         except OSError as e:
-            logger.error("metrics: cannot listen on %s:%d (%s); /metrics is off",
-                         host, port, e.strerror or e)
+            logger.error(
+                "metrics: cannot listen on %s:%d (%s); /metrics is off",
+                host,
+                port,
+                e.strerror or e,
+            )
             return
         logger.info("metrics: serving http://%s:%s/metrics", host, self.port)
 

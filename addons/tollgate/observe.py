@@ -26,8 +26,9 @@ def attach_observers(engine: "Engine", options: "Options") -> None:
     metrics = Metrics(engine, CollectorRegistry())
     engine.observers.append(metrics)
     if options.budget_metrics_port:
-        metrics.serve(options.budget_metrics_host or "127.0.0.1",
-                      options.budget_metrics_port)
+        metrics.serve(
+            options.budget_metrics_host or "127.0.0.1", options.budget_metrics_port
+        )
 
     sent = SentAlerts(alerts_path(engine.ledger.path))
     watcher = AlertWatcher(engine, sent, Delivery(sent, engine.clock.now))

@@ -128,7 +128,9 @@ def load_policy(path: Path, environ: dict[str, str] | None = None) -> Policy:
         raise
     except Exception as e:
         raise PolicyError(str(e)) from None
-    return parse_policy(source, environ=dict(os.environ) if environ is None else environ)
+    return parse_policy(
+        source, environ=dict(os.environ) if environ is None else environ
+    )
 
 
 def parse_policy(source: Source, *, environ: dict[str, str]) -> Policy:
@@ -152,14 +154,20 @@ def parse_policy(source: Source, *, environ: dict[str, str]) -> Policy:
         name: _limits(check, "tag", name, item, ypath, defaults)
         for name, ypath, item in check.entries(raw.get("tags"), "tags")
     }
-    org = _limits(check, "org", "org", raw["org"], "org", defaults) if "org" in raw else None
+    org = (
+        _limits(check, "org", "org", raw["org"], "org", defaults)
+        if "org" in raw
+        else None
+    )
     default_limits = None
     if "default_budget" in raw:
         default_limits = _limits(
             check, "user", "default", raw["default_budget"], "default_budget", defaults
         )
     reservation = check.mapping(
-        raw.get("reservation"), "reservation", {"bytes_per_token", "default_max_output_tokens"}
+        raw.get("reservation"),
+        "reservation",
+        {"bytes_per_token", "default_max_output_tokens"},
     )
 
     policy = Policy(
@@ -170,7 +178,9 @@ def parse_policy(source: Source, *, environ: dict[str, str]) -> Policy:
         ),
         allow_unpriced_models=_flag(check, raw, "allow_unpriced_models", default=False),
         on_ledger_error=check.choice(
-            raw.get("on_ledger_error"), "on_ledger_error", ("keep_serving", "fail_closed")
+            raw.get("on_ledger_error"),
+            "on_ledger_error",
+            ("keep_serving", "fail_closed"),
         ),
         bytes_per_token=check.count(
             reservation.get("bytes_per_token"), "reservation.bytes_per_token"
@@ -275,7 +285,10 @@ def _user(
 
 
 def _keys(
-    check: Checker, value: object, thresholds: tuple[Decimal, ...], users: dict[str, User]
+    check: Checker,
+    value: object,
+    thresholds: tuple[Decimal, ...],
+    users: dict[str, User],
 ) -> dict[str, Key]:
     if value is None:
         return {}
@@ -303,8 +316,12 @@ def _keys(
                 f" got {raw.get('key_sha256')!r}",
             )
         elif digest in keys:
-            check.fail(join(ypath, "key_sha256"), f"same key as {keys[digest].key_alias!r}")
-        kind = check.choice(raw.get("type"), join(ypath, "type"), ("virtual", "provider"))
+            check.fail(
+                join(ypath, "key_sha256"), f"same key as {keys[digest].key_alias!r}"
+            )
+        kind = check.choice(
+            raw.get("type"), join(ypath, "type"), ("virtual", "provider")
+        )
         limits = _limits(check, "key", alias, item, ypath, thresholds, fields)
         keys[digest] = Key(
             key_alias=alias,

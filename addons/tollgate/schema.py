@@ -50,7 +50,8 @@ VIEWS = {
     "spend_by_model": f"SELECT provider, price_model, {_TOTALS} FROM requests"
     " GROUP BY ALL ORDER BY cost_usd DESC",
     "spend_by_tag": f"SELECT tag, {_TOTALS} FROM"
-    " (SELECT *, unnest(tags) AS tag FROM requests) GROUP BY tag ORDER BY cost_usd DESC",
+    " (SELECT *, unnest(tags) AS tag FROM requests)"
+    " GROUP BY tag ORDER BY cost_usd DESC",
     "spend_daily": f"SELECT CAST(timezone('UTC', ts) AS DATE) AS day, {_TOTALS}"
     " FROM requests GROUP BY ALL ORDER BY day",
 }
@@ -60,7 +61,8 @@ def create_statements() -> list[str]:
     """DDL that makes (or completes) a ledger; safe to run on every start."""
     columns = ",\n    ".join(f"{name} {kind}" for name, kind in COLUMNS)
     statements = [
-        f"CREATE TABLE IF NOT EXISTS requests (\n    {columns},\n    PRIMARY KEY (id)\n)"
+        "CREATE TABLE IF NOT EXISTS requests"
+        f" (\n    {columns},\n    PRIMARY KEY (id)\n)"
     ]
     statements += [f"CREATE OR REPLACE VIEW {n} AS {sql}" for n, sql in VIEWS.items()]
     return statements

@@ -1,7 +1,7 @@
 """Incremental decoding of server-sent events (WHATWG HTML, "event stream" section).
 
 Bytes go in as they arrive, split anywhere; whole events come out. No I/O, no logging.
-https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stream-interpretation
+https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stream-interpretation  # noqa: E501
 """
 
 from dataclasses import dataclass

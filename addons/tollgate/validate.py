@@ -103,7 +103,9 @@ class Checker:
             number = self.usd(item, join(ypath, i)) if item is not None else None
             if number is None or not 0 < number <= 10:
                 if number is not None:
-                    self.fail(join(ypath, i), f"expected a fraction in (0, 10], got {item!r}")
+                    self.fail(
+                        join(ypath, i), f"expected a fraction in (0, 10], got {item!r}"
+                    )
                 continue
             found.append(number)
         return tuple(sorted(set(found)))
@@ -118,7 +120,9 @@ class Checker:
             self.fail(ypath, f"expected {what}, got {value!r}")
         return result
 
-    def env_text(self, value: object, ypath: str, environ: dict[str, str]) -> str | None:
+    def env_text(
+        self, value: object, ypath: str, environ: dict[str, str]
+    ) -> str | None:
         """A string with `${NAME}` taken from the gateway's environment."""
         if value is None:
             return None

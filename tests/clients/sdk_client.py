@@ -37,7 +37,11 @@ def run_anthropic(call: dict[str, Any]) -> dict[str, Any]:
         return {"input_tokens": result.input_tokens}
     if not call.get("stream"):
         message = client.messages.create(**kwargs)
-        return {"model": message.model, "usage": message.usage.model_dump(), "text": _text(message)}
+        return {
+            "model": message.model,
+            "usage": message.usage.model_dump(),
+            "text": _text(message),
+        }
     started = time.monotonic()
     first = None
     events = []
@@ -70,7 +74,9 @@ def run_openai(call: dict[str, Any]) -> dict[str, Any]:
     api = call.get("api", "chat")
     extra = call.get("extra_body")
     if api == "embeddings":
-        result = client.embeddings.create(model=call["model"], input=call.get("prompt", "hi"))
+        result = client.embeddings.create(
+            model=call["model"], input=call.get("prompt", "hi")
+        )
         return {"model": result.model, "usage": result.usage.model_dump()}
     if api == "responses":
         if not call.get("stream"):
@@ -80,7 +86,9 @@ def run_openai(call: dict[str, Any]) -> dict[str, Any]:
             return {"model": response.model, "usage": response.usage.model_dump()}
         kinds = []
         usage = None
-        with client.responses.stream(model=call["model"], input=call.get("prompt", "Hello")) as s:
+        with client.responses.stream(
+            model=call["model"], input=call.get("prompt", "Hello")
+        ) as s:
             for event in s:
                 kinds.append(event.type)
             final = s.get_final_response()
@@ -96,14 +104,21 @@ def run_openai(call: dict[str, Any]) -> dict[str, Any]:
             "usage": completion.usage.model_dump(),
             "text": completion.choices[0].message.content,
         }
-    kwargs: dict[str, Any] = {"model": call["model"], "messages": messages, "stream": True}
+    kwargs: dict[str, Any] = {
+        "model": call["model"],
+        "messages": messages,
+        "stream": True,
+    }
     if call.get("include_usage"):
         kwargs["stream_options"] = {"include_usage": True}
     chunks = []
     text = ""
     for chunk in client.chat.completions.create(**kwargs):
         chunks.append(
-            {"choices": len(chunk.choices), "usage": chunk.usage.model_dump() if chunk.usage else None}
+            {
+                "choices": len(chunk.choices),
+                "usage": chunk.usage.model_dump() if chunk.usage else None,
+            }
         )
         if chunk.choices and chunk.choices[0].delta.content:
             text += chunk.choices[0].delta.content

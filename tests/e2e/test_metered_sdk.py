@@ -1,4 +1,4 @@
-"""The official SDKs through a real mitmdump, in reverse and forward mode: exact rows."""
+"""The official SDKs through a real mitmdump, reverse and forward mode: exact rows."""
 
 import uuid
 from decimal import Decimal
@@ -43,10 +43,21 @@ def test_anthropic_call_recorded_exactly_when_sent_by_sdk(
     gateway: Gateway, stream: bool
 ) -> None:
     tag, headers = tagged(
-        input=1200, output=345, cache_read=14723, cache_write_5m=3117, cache_write_1h=2000
+        input=1200,
+        output=345,
+        cache_read=14723,
+        cache_write_5m=3117,
+        cache_write_1h=2000,
     )
     [result] = run_sdk(
-        [{"sdk": "anthropic", "model": "claude-sonnet-4-5", "stream": stream, "headers": headers}],
+        [
+            {
+                "sdk": "anthropic",
+                "model": "claude-sonnet-4-5",
+                "stream": stream,
+                "headers": headers,
+            }
+        ],
         gateway.sdk_env(gateway.mode),
     )
     assert result["ok"], result
@@ -56,7 +67,9 @@ def test_anthropic_call_recorded_exactly_when_sent_by_sdk(
     # 1200*3 + 345*15 + 14723*0.30 + 3117*3.75 + 2000*6 = 36,880.65 USD per million
     assert row["cost_usd"] == Decimal("0.0368806500")
     assert (row["provider"], row["endpoint"], row["model"]) == (
-        "anthropic", "messages", "claude-sonnet-4-5"
+        "anthropic",
+        "messages",
+        "claude-sonnet-4-5",
     )
     assert row["price_model"] == "claude-sonnet-4-5"
     assert (row["status"], row["outcome"], row["streamed"]) == (200, "ok", stream)
@@ -64,7 +77,9 @@ def test_anthropic_call_recorded_exactly_when_sent_by_sdk(
     assert row["usage_estimated"] is False
 
 
-@pytest.mark.parametrize("include_usage", [False, True], ids=["no-usage", "include-usage"])
+@pytest.mark.parametrize(
+    "include_usage", [False, True], ids=["no-usage", "include-usage"]
+)
 def test_openai_chat_stream_costed_when_client_did_not_ask_for_usage(
     gateway: Gateway, include_usage: bool
 ) -> None:
@@ -91,12 +106,19 @@ def test_openai_chat_stream_costed_when_client_did_not_ask_for_usage(
     assert row["agent"] == "openai-python"
 
 
-def test_openai_responses_reasoning_tokens_recorded_when_streamed(gateway: Gateway) -> None:
+def test_openai_responses_reasoning_tokens_recorded_when_streamed(
+    gateway: Gateway,
+) -> None:
     tag, headers = tagged(input=500, output=300, reasoning=128, cache_read=100)
     [streamed, plain] = run_sdk(
         [
-            {"sdk": "openai", "api": "responses", "model": "gpt-5", "stream": True,
-             "headers": headers},
+            {
+                "sdk": "openai",
+                "api": "responses",
+                "model": "gpt-5",
+                "stream": True,
+                "headers": headers,
+            },
             {"sdk": "openai", "api": "responses", "model": "gpt-5", "headers": headers},
         ],
         gateway.sdk_env(gateway.mode),
@@ -114,8 +136,14 @@ def test_openai_responses_reasoning_tokens_recorded_when_streamed(gateway: Gatew
 def test_openai_embeddings_priced_on_input_when_called(gateway: Gateway) -> None:
     tag, headers = tagged(input=1000)
     [result] = run_sdk(
-        [{"sdk": "openai", "api": "embeddings", "model": "text-embedding-3-small",
-          "headers": headers}],
+        [
+            {
+                "sdk": "openai",
+                "api": "embeddings",
+                "model": "text-embedding-3-small",
+                "headers": headers,
+            }
+        ],
         gateway.sdk_env(gateway.mode),
     )
     assert result["ok"], result
@@ -128,8 +156,14 @@ def test_openai_embeddings_priced_on_input_when_called(gateway: Gateway) -> None
 def test_count_tokens_free_and_recorded_when_called(gateway: Gateway) -> None:
     tag, headers = tagged(input=4242)
     [result] = run_sdk(
-        [{"sdk": "anthropic", "api": "count_tokens", "model": "claude-opus-4-1",
-          "headers": headers}],
+        [
+            {
+                "sdk": "anthropic",
+                "api": "count_tokens",
+                "model": "claude-opus-4-1",
+                "headers": headers,
+            }
+        ],
         gateway.sdk_env(gateway.mode),
     )
     assert result == {"ok": True, "input_tokens": 4242}

@@ -16,8 +16,10 @@ from harness import FakeProvider, Gateway, run_sdk, wait_rows
 
 pytestmark = pytest.mark.e2e
 
-KEYS = {name: f"tg-test-{name}-{uuid.uuid4().hex}" for name in
-        ("alice", "bob", "carol", "ivan", "dana")}
+KEYS = {
+    name: f"tg-test-{name}-{uuid.uuid4().hex}"
+    for name in ("alice", "bob", "carol", "ivan", "dana")
+}
 REAL_ANTHROPIC = "sk-ant-real-provider-key"
 
 
@@ -67,9 +69,17 @@ def call(
     headers: dict[str, str] | None = None,
     stream: bool = False,
 ) -> tuple[int, dict[str, str], dict[str, Any]]:
-    body = {"model": model, "max_tokens": max_tokens, "stream": stream,
-            "messages": [{"role": "user", "content": "hi"}]}
-    sent = {"content-type": "application/json", "x-fake-usage": usage, **(headers or {})}
+    body = {
+        "model": model,
+        "max_tokens": max_tokens,
+        "stream": stream,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    sent = {
+        "content-type": "application/json",
+        "x-fake-usage": usage,
+        **(headers or {}),
+    }
     if user is not None:
         sent["x-api-key"] = KEYS[user]
     if tag:
@@ -132,7 +142,8 @@ def test_model_refused_before_upstream_when_not_on_allow_list(
 
 
 @pytest.mark.parametrize(
-    "model", ["claude-sonnet-4-5-20250929", "Claude-Sonnet-4-5", "anthropic/claude-sonnet-4-5"]
+    "model",
+    ["claude-sonnet-4-5-20250929", "Claude-Sonnet-4-5", "anthropic/claude-sonnet-4-5"],
 )
 def test_model_allowed_when_spelled_with_date_case_or_prefix(
     limits_gateway: Gateway, model: str
@@ -141,16 +152,24 @@ def test_model_allowed_when_spelled_with_date_case_or_prefix(
     assert status == 200
 
 
-def test_rpm_limit_answers_429_with_retry_after_when_exceeded(limits_gateway: Gateway) -> None:
-    statuses = [call(limits_gateway, "ivan", model="claude-haiku-4-5")[:2] for _ in range(3)]
+def test_rpm_limit_answers_429_with_retry_after_when_exceeded(
+    limits_gateway: Gateway,
+) -> None:
+    statuses = [
+        call(limits_gateway, "ivan", model="claude-haiku-4-5")[:2] for _ in range(3)
+    ]
     assert [s for s, _ in statuses] == [200, 200, 429]
     headers = statuses[2][1]
     assert 1 <= int(headers["retry-after"]) <= 60
     assert headers["x-should-retry"] == "true"
 
 
-def test_tpm_limit_answers_429_when_tokens_in_window_exceeded(limits_gateway: Gateway) -> None:
-    first = call(limits_gateway, "dana", model="claude-haiku-4-5", usage="input=1500,output=600")
+def test_tpm_limit_answers_429_when_tokens_in_window_exceeded(
+    limits_gateway: Gateway,
+) -> None:
+    first = call(
+        limits_gateway, "dana", model="claude-haiku-4-5", usage="input=1500,output=600"
+    )
     second = call(limits_gateway, "dana", model="claude-haiku-4-5")
     assert (first[0], second[0]) == (200, 429)
     assert second[2]["error"]["message"].startswith(
@@ -158,16 +177,20 @@ def test_tpm_limit_answers_429_when_tokens_in_window_exceeded(limits_gateway: Ga
     )
 
 
-def test_forged_identity_header_ignored_when_key_is_unknown(limits_gateway: Gateway) -> None:
+def test_forged_identity_header_ignored_when_key_is_unknown(
+    limits_gateway: Gateway,
+) -> None:
     status, headers, answer = call(
-        limits_gateway, None,
-        headers={"x-api-key": "sk-ant-someone-else", "x-tollgate-user": "alice",
-                 "x-claude-code-session-id": "s"},
+        limits_gateway,
+        None,
+        headers={
+            "x-api-key": "sk-ant-someone-else",
+            "x-tollgate-user": "alice",
+            "x-claude-code-session-id": "s",
+        },
     )
     assert (status, headers["x-should-retry"]) == (401, "false")
-    assert answer["error"]["message"].startswith(
-        "Tollgate: this API key (fingerprint "
-    )
+    assert answer["error"]["message"].startswith("Tollgate: this API key (fingerprint ")
 
 
 def test_unknown_virtual_key_refused_when_not_in_policy(
@@ -194,14 +217,18 @@ def test_budget_refusal_names_limit_spent_and_reset_when_user_month_spent(
         assert (status, headers["x-should-retry"]) == (402, "false")
         assert answer["error"] == {
             "type": "billing_error",
-            "message": "Tollgate: budget of user:alice exhausted: spent $0.0090 of $0.0100"
+            "message": "Tollgate: budget of user:alice exhausted: spent $0.0090 of"
+            " $0.0100"
             " this 1mo window; this call may cost up to $0.0016; resets"
             " 2026-02-01T00:00:00+00:00",
         }
     finally:
         gateway.close()
     rows = wait_rows(gateway.db, 2)
-    assert [(r["outcome"], r["reason"]) for r in rows] == [("ok", None), ("blocked", "budget")]
+    assert [(r["outcome"], r["reason"]) for r in rows] == [
+        ("ok", None),
+        ("blocked", "budget"),
+    ]
 
     gateway = start(tmp_path, fake, body, budget_now="2026-02-01T00:00:05+00:00")
     try:
@@ -213,9 +240,11 @@ def test_budget_refusal_names_limit_spent_and_reset_when_user_month_spent(
 def test_team_cap_refuses_member_when_members_are_under_their_own(
     fake: FakeProvider, tmp_path: Path
 ) -> None:
-    body = ("teams:\n  backend-eng: {max_budget: 0.05}\nusers:\n"
-            "  bob: {team: backend-eng, max_budget: 1}\n"
-            "  carol: {team: backend-eng, max_budget: 1}\n")
+    body = (
+        "teams:\n  backend-eng: {max_budget: 0.05}\nusers:\n"
+        "  bob: {team: backend-eng, max_budget: 1}\n"
+        "  carol: {team: backend-eng, max_budget: 1}\n"
+    )
     gateway = start(tmp_path, fake, body)
     try:
         costly = "input=0,output=2000"  # 0.03 USD each
@@ -230,14 +259,19 @@ def test_team_cap_refuses_member_when_members_are_under_their_own(
         gateway.close()
 
 
-def test_org_cap_refuses_everyone_when_reached(fake: FakeProvider, tmp_path: Path) -> None:
+def test_org_cap_refuses_everyone_when_reached(
+    fake: FakeProvider, tmp_path: Path
+) -> None:
     body = "org: {max_budget: 0.02}\nusers:\n  bob: {}\n  carol: {}\n"
     gateway = start(tmp_path, fake, body)
     try:
         assert call(gateway, "bob", usage="input=0,output=2000")[0] == 200
         status, _, answer = call(gateway, "carol")
         assert status == 402
-        assert "budget of the organisation exhausted: spent $0.0300" in answer["error"]["message"]
+        assert (
+            "budget of the organisation exhausted: spent $0.0300"
+            in answer["error"]["message"]
+        )
     finally:
         gateway.close()
 
@@ -245,20 +279,27 @@ def test_org_cap_refuses_everyone_when_reached(fake: FakeProvider, tmp_path: Pat
 def test_tag_budget_refuses_only_tagged_calls_when_reached(
     fake: FakeProvider, tmp_path: Path
 ) -> None:
-    body = "users:\n  bob: {}\ntags:\n  project:payments-refactor: {max_budget: 0.002}\n"
+    body = (
+        "users:\n  bob: {}\ntags:\n  project:payments-refactor: {max_budget: 0.002}\n"
+    )
     gateway = start(tmp_path, fake, body)
     try:
         tag = "project:payments-refactor"
         assert call(gateway, "bob", tag=tag, usage="input=1000,output=0")[0] == 200
         status, _, answer = call(gateway, "bob", tag=tag)
         assert status == 402
-        assert "budget of tag:project:payments-refactor exhausted" in answer["error"]["message"]
+        assert (
+            "budget of tag:project:payments-refactor exhausted"
+            in answer["error"]["message"]
+        )
         assert call(gateway, "bob")[0] == 200
     finally:
         gateway.close()
 
 
-def test_unpriced_model_refused_when_a_budget_applies(fake: FakeProvider, tmp_path: Path) -> None:
+def test_unpriced_model_refused_when_a_budget_applies(
+    fake: FakeProvider, tmp_path: Path
+) -> None:
     gateway = start(tmp_path, fake, "users:\n  bob: {max_budget: 5}\n")
     try:
         status, _, answer = call(gateway, "bob", model="claude-imaginary-9")
@@ -279,10 +320,17 @@ def test_concurrent_streams_stay_under_cap_when_reservations_hold(
     cap = Decimal("0.02541")  # room for five calls and a half
     gateway = start(tmp_path, fake, f"users:\n  bob: {{max_budget: {cap}}}\n")
     try:
+
         def one(_: int) -> int:
-            return call(gateway, "bob", usage="input=40,output=300", max_tokens=300,
-                        stream=True, headers={"x-fake-delay-ms": "20",
-                                              "x-fake-events": "20"})[0]
+            return call(
+                gateway,
+                "bob",
+                usage="input=40,output=300",
+                max_tokens=300,
+                stream=True,
+                headers={"x-fake-delay-ms": "20", "x-fake-events": "20"},
+            )[0]
+
         with ThreadPoolExecutor(20) as pool:
             statuses = list(pool.map(one, range(20)))
         rows = wait_rows(gateway.db, 20)
@@ -321,16 +369,32 @@ def test_sdk_shows_gateway_message_without_retrying_when_refused(
     marker = f"input=14,output={uuid.uuid4().int % 1000}"
     results = run_sdk(
         [
-            {"sdk": "anthropic", "model": "claude-opus-4-1", "api_key": KEYS["alice"],
-             "max_retries": 2, "headers": {"x-fake-usage": marker}},
-            {"sdk": "openai", "model": "gpt-4o", "api_key": KEYS["alice"],
-             "max_retries": 2, "headers": {"x-fake-usage": marker}},
+            {
+                "sdk": "anthropic",
+                "model": "claude-opus-4-1",
+                "api_key": KEYS["alice"],
+                "max_retries": 2,
+                "headers": {"x-fake-usage": marker},
+            },
+            {
+                "sdk": "openai",
+                "model": "gpt-4o",
+                "api_key": KEYS["alice"],
+                "max_retries": 2,
+                "headers": {"x-fake-usage": marker},
+            },
         ],
         limits_gateway.sdk_env("reverse"),
     )
     assert [(r["ok"], r["status"]) for r in results] == [(False, 400), (False, 400)]
-    assert "Tollgate: model 'claude-opus-4-1' is not allowed for user 'alice'" in results[0]["error"]
-    assert "Tollgate: model 'gpt-4o' is not allowed for user 'alice'" in results[1]["error"]
+    assert (
+        "Tollgate: model 'claude-opus-4-1' is not allowed for user 'alice'"
+        in results[0]["error"]
+    )
+    assert (
+        "Tollgate: model 'gpt-4o' is not allowed for user 'alice'"
+        in results[1]["error"]
+    )
     assert upstream_calls(fake, marker) == []
 
 
@@ -345,8 +409,14 @@ def test_proxy_login_identifies_caller_when_client_keeps_own_key(
         env = gateway.sdk_env("forward")
         env["HTTPS_PROXY"] = f"http://bob:{KEYS['bob']}@127.0.0.1:{gateway.port}"
         [result] = run_sdk(
-            [{"sdk": "anthropic", "model": "claude-sonnet-4-5", "api_key": "sk-ant-bobs-own",
-              "headers": {"x-fake-usage": marker}}],
+            [
+                {
+                    "sdk": "anthropic",
+                    "model": "claude-sonnet-4-5",
+                    "api_key": "sk-ant-bobs-own",
+                    "headers": {"x-fake-usage": marker},
+                }
+            ],
             env,
         )
         assert result["ok"], result
@@ -359,7 +429,13 @@ def test_proxy_login_identifies_caller_when_client_keeps_own_key(
 
         env["HTTPS_PROXY"] = f"http://bob:tg-wrong@127.0.0.1:{gateway.port}"
         [refused] = run_sdk(
-            [{"sdk": "anthropic", "model": "claude-sonnet-4-5", "api_key": "sk-ant-bobs-own"}],
+            [
+                {
+                    "sdk": "anthropic",
+                    "model": "claude-sonnet-4-5",
+                    "api_key": "sk-ant-bobs-own",
+                }
+            ],
             env,
         )
         assert (refused["ok"], refused["status"]) == (False, 401)

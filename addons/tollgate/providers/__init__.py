@@ -1,4 +1,4 @@
-"""Provider registry: which host and path is which LLM endpoint, and its wire helpers."""
+"""Provider registry: which host and path is which LLM endpoint, and wire helpers."""
 
 from collections.abc import Callable, Mapping
 from types import ModuleType

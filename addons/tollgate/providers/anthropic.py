@@ -1,4 +1,4 @@
-"""Anthropic Messages API: request facts, usage from bodies and streams, error bodies."""
+"""Anthropic Messages API: request facts, usage from bodies and streams, errors."""
 
 import json
 from typing import Any

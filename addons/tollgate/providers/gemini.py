@@ -30,7 +30,9 @@ def match(path: str) -> Route | None:
         return None
     model = head.rsplit("/models/", 1)[1]
     endpoint = _METHODS[method]
-    return Route(NAME, endpoint, path_model=model or None, billable=endpoint != "count_tokens")
+    return Route(
+        NAME, endpoint, path_model=model or None, billable=endpoint != "count_tokens"
+    )
 
 
 def read_request(route: Route, body: dict[str, Any]) -> RequestFacts:

@@ -53,7 +53,9 @@ def read_request(route: Route, body: dict[str, Any]) -> RequestFacts:
         stream=body.get("stream") is True,
     )
     limit = body.get("max_output_tokens", body.get("max_completion_tokens"))
-    facts.max_output_tokens = as_int(limit if limit is not None else body.get("max_tokens"))
+    facts.max_output_tokens = as_int(
+        limit if limit is not None else body.get("max_tokens")
+    )
     pop_tags(body, facts)
     if facts.stream and route.endpoint in ("chat", "completions"):
         options = body.get("stream_options")
