@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from harness import free_port
 from tollgate.calls import Call
 from tollgate.engine import Clock, Engine
 from tollgate.identity import fingerprint, identify
@@ -481,10 +482,11 @@ def test_ledger_gauges_report_writer_state_when_rows_written(engine: Engine) -> 
 
 
 def test_exporter_serves_metrics_when_port_configured(tmp_path: Path) -> None:
-    engine = start_engine(tmp_path / "spend.duckdb", port=0)
+    port = free_port()
+    engine = start_engine(tmp_path / "spend.duckdb", port=port)
     metrics = metrics_of(engine)
-    metrics.serve("127.0.0.1", 0)
     try:
+        assert metrics.port == port
         run_known_calls(engine)
         url = f"http://127.0.0.1:{metrics.port}/metrics"
         with urllib.request.urlopen(url, timeout=5) as answer:

@@ -26,7 +26,7 @@ def make_decoder(content_encoding: str | None) -> Decoder | None:
         import zstandard
 
         decoder = zstandard.ZstdDecompressor().decompressobj()
-        return decoder.decompress  # type: ignore[no-any-return]
+        return decoder.decompress  # type: ignore[no-any-return, unused-ignore]
     raise ValueError(f"unsupported content-encoding {encoding!r}")
 
 

@@ -76,7 +76,7 @@ class BudgetGuard:
             else:
                 self.engine.reconfigure(ctx.options, updated)
         except TollgateError as e:
-            raise exceptions.OptionsError(str(e)) from e
+            raise exceptions.OptionsError(str(e)) from e  # type: ignore[no-untyped-call]
 
     def running(self) -> None:
         if self.engine is not None:
