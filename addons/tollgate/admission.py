@@ -48,6 +48,8 @@ class Admission:
         if principal.refusal is not None:
             return Refusal(401, "auth", f"Tollgate: {principal.refusal}")
         model = call.facts.model
+        if model and model == call.route.path_model and call.route.provider == "openai":
+            model = call.facts.model = self.policy.azure_deployments.get(model, model)
         call.price = self.prices.resolve(model) if model else None
         if not call.route.billable:
             return None

@@ -85,6 +85,7 @@ class Policy:
     default_max_output_tokens: int = 4096
     provider_keys: dict[str, str] = field(default_factory=dict)
     hosts: dict[str, str] = field(default_factory=dict)
+    azure_deployments: dict[str, str] = field(default_factory=dict)
     org: Limits | None = None
     default_limits: Limits | None = None
     teams: dict[str, Limits] = field(default_factory=dict)
@@ -111,6 +112,7 @@ _TOP = {
     "alert_webhooks",
     "providers",
     "hosts",
+    "azure_deployments",
     "org",
     "default_budget",
     "teams",
@@ -193,6 +195,7 @@ def parse_policy(source: Source, *, environ: dict[str, str]) -> Policy:
         or 4096,
         provider_keys=_provider_keys(check, raw.get("providers"), environ),
         hosts=_hosts(check, raw.get("hosts")),
+        azure_deployments=_deployments(check, raw.get("azure_deployments")),
         org=org,
         default_limits=default_limits,
         teams=teams,
@@ -352,6 +355,16 @@ def _hosts(check: Checker, value: object) -> dict[str, str]:
             check.fail(ypath, f"expected anthropic, openai or gemini, got {provider!r}")
             continue
         found[host.lower()] = str(provider)
+    return found
+
+
+def _deployments(check: Checker, value: object) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for name, ypath, model in check.entries(value, "azure_deployments"):
+        if not isinstance(model, str) or not model.strip():
+            check.fail(ypath, f"expected the model id the deployment serves, got {model!r}")
+            continue
+        found[name] = model.strip()
     return found
 
 

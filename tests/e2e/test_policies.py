@@ -442,3 +442,59 @@ def test_proxy_login_identifies_caller_when_client_keeps_own_key(
         assert "the proxy login is not a key this gateway knows" in refused["error"]
     finally:
         gateway.close()
+
+
+def test_unknown_caller_held_to_default_budget_when_policy_allows_them(
+    fake: FakeProvider, tmp_path: Path
+) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "version: 1\nunknown_callers: allow\ndefault_budget: {max_budget: 0.003}\n"
+    )
+    gateway = Gateway(tmp_path, fake, policy=policy)
+    try:
+        own = {"x-api-key": "sk-ant-personal-key"}
+        assert call(gateway, None, usage="input=1000,output=0", headers=own)[0] == 200
+        status, _, answer = call(gateway, None, headers=own)
+        assert status == 402
+        fingerprint = hashlib.sha256(b"sk-ant-personal-key").hexdigest()[:12]
+        assert answer["error"]["message"].startswith(
+            f"Tollgate: budget of unknown:{fingerprint} exhausted: spent $0.0030"
+        )
+        other = {"x-api-key": "sk-ant-another-key"}
+        third = call(gateway, None, headers=other)
+        assert third[0] == 200, third
+    finally:
+        gateway.close()
+    rows = wait_rows(gateway.db, 3)
+    assert [r["key_fingerprint"] for r in rows][:2] == [fingerprint, fingerprint]
+    assert all(r["user_id"] is None for r in rows)
+
+
+def test_azure_deployment_priced_as_its_model_when_mapped(
+    fake: FakeProvider, tmp_path: Path
+) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "version: 1\norg: {max_budget: 10}\n"
+        "azure_deployments: {gpt4o-prod: gpt-4o}\n"
+    )
+    gateway = Gateway(tmp_path, fake, policy=policy)
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=30)
+        connection.request(
+            "POST",
+            "/openai/deployments/gpt4o-prod/chat/completions?api-version=2024-10-21",
+            json.dumps({"messages": [{"role": "user", "content": "hi"}]}),
+            {"api-key": "azure-key", "content-type": "application/json",
+             "x-fake-usage": "input=1000,output=100"},
+        )
+        response = connection.getresponse()
+        assert response.status == 200, response.read()
+        response.read()
+        connection.close()
+    finally:
+        gateway.close()
+    [row] = wait_rows(gateway.db, 1)
+    assert (row["model"], row["price_model"]) == ("gpt-4o", "gpt-4o")
+    assert row["cost_usd"] == Decimal("0.0035000000")  # 1000*2.50 + 100*10 per million
