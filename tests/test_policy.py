@@ -121,6 +121,11 @@ def test_key_entry_maps_fingerprint_when_listed() -> None:
         ),
         ("version: 2\n", "p.yaml:1: version: expected 1, got 2"),
         (
+            "azure_deployments:\n  prod: [gpt-4o]\n",
+            "p.yaml:2: azure_deployments.prod: expected the model id the deployment"
+            " serves, got ['gpt-4o']",
+        ),
+        (
             "a: [\n",
             "p.yaml:2: invalid YAML: expected the node content, but found '<stream"
             " end>'",
@@ -140,6 +145,7 @@ def test_key_entry_maps_fingerprint_when_listed() -> None:
         "webhook",
         "mapping",
         "version",
+        "azure",
         "syntax",
     ],
 )
