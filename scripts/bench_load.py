@@ -44,8 +44,10 @@ class PhaseResult:
         return self.calls / self.elapsed_s if self.elapsed_s else 0.0
 
 
-def anthropic_workloads(events: int, delay_ms: int, large_bytes: int) -> dict[str, Workload]:
-    """The three loads of the issue: small, streamed and large-context calls."""
+def anthropic_workloads(
+    events: int, delay_ms: int, large_bytes: int
+) -> dict[str, Workload]:
+    """Small, streamed (paced, and back to back) and large-context calls."""
     usage = ("x-fake-usage", "input=1200,output=80")
     common = (
         ("content-type", "application/json"),
@@ -55,12 +57,13 @@ def anthropic_workloads(events: int, delay_ms: int, large_bytes: int) -> dict[st
     )
     small = message_body("Summarise the diff in one line.", stream=False)
     stream = message_body("Write a haiku about queues.", stream=True)
-    stream_headers = (("x-fake-events", str(events)), ("x-fake-delay-ms", str(delay_ms)))
+    paced = (("x-fake-events", str(events)), ("x-fake-delay-ms", str(delay_ms)))
+    burst = (("x-fake-events", str(events)),)
+    token = b"content_block_delta"
     return {
         "small": Workload("small", small, (*common, usage)),
-        "stream": Workload(
-            "stream", stream, (*common, usage, *stream_headers), b"content_block_delta"
-        ),
+        "stream": Workload("stream", stream, (*common, usage, *paced), token),
+        "stream-burst": Workload("stream-burst", stream, (*common, usage, *burst), token),
         "large": Workload("large", large_context_body(large_bytes), (*common, usage)),
     }
 
@@ -90,7 +93,8 @@ def large_context_body(target_bytes: int) -> bytes:
                      "content": [{"type": "text", "text": text}]}
             messages.append({"role": "user", "content": [block]})
         else:
-            messages.append({"role": "assistant", "content": [{"type": "text", "text": text}]})
+            reply = [{"type": "text", "text": text}]
+            messages.append({"role": "assistant", "content": reply})
     messages.append({"role": "user", "content": "Now fix the failing test."})
     body = {"model": "claude-sonnet-4-5", "max_tokens": 4096, "messages": messages}
     return json.dumps(body).encode()

@@ -102,16 +102,15 @@ def start_fake_provider(tmp: Path) -> tuple[Proc, int]:
 
 
 def start_mitmdump(
-    name: str, upstream: int, tmp: Path, settings: dict[str, str], script: bool
+    name: str, upstream: int, tmp: Path, settings: dict[str, str], script: Path
 ) -> tuple[Proc, int]:
     """mitmdump in reverse mode in front of `upstream`; (process, listen port)."""
     port = free_port()
     args = [
         venv_tool("mitmdump"), "--mode", f"reverse:http://127.0.0.1:{upstream}",
         "--listen-host", "127.0.0.1", "--listen-port", str(port), "--flow-detail", "0",
+        "-s", str(script),
     ]
-    if script:
-        args += ["-s", str(ROOT / "addons" / "budget.py")]
     options = {"confdir": str(tmp / "mitmproxy"), "termlog_verbosity": "warn", **settings}
     for key, value in options.items():
         args += ["--set", f"{key}={value}"]

@@ -18,8 +18,9 @@ from harness import FakeProvider, Gateway, wait_rows
 from tollgate.alerts import Alert, Delivery, SentAlerts, forecast_exhausted_at
 from tollgate.engine import Engine
 from tollgate.identity import fingerprint
-from tollgate.policy import Webhook
+from tollgate.policy import Webhook, parse_policy
 from tollgate.usage import Usage
+from tollgate.yamlsrc import parse_yaml
 
 NOW = datetime(2026, 5, 10, 12, 0, tzinfo=UTC)
 SONNET = "claude-sonnet-4-5"
@@ -111,7 +112,7 @@ EXPECTED_JSON = {
     "forecast_exhausted_at": "2026-05-16T20:00:00+00:00",
 }
 EXPECTED_TEXT = (
-    "Tollgate: budget user:alice passed 50%: spent $0.60 of $1.00 (60.0%) this 1mo"
+    "Tollgate: budget user:alice passed 50%: spent $0.6000 of $1.0000 (60.0%) this 1mo"
     " window; resets 2026-06-01T00:00:00+00:00; at this pace it runs out"
     " 2026-05-16T20:00:00+00:00"
 )
@@ -218,6 +219,39 @@ def test_alert_names_highest_threshold_when_one_call_crosses_several(
     assert record["thresholds"] == ["0.25", "0.5"]
 
 
+def test_alert_sent_on_reload_when_new_limit_already_passed(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    engine = engine_at(tmp_path, policy(receiver.url, "max_budget: 10"))
+    try:
+        spend(engine, THIRTY_CENTS, THIRTY_CENTS)
+        assert receiver.wait(1, timeout_s=0.3) == []
+        text = policy(receiver.url)
+        engine.swap_policy(parse_policy(parse_yaml(text, source="p.yaml"), environ={}))
+        posts = receiver.wait(2)
+    finally:
+        engine.close()
+    assert [body for path, body in posts if path.startswith("/json")] == [EXPECTED_JSON]
+
+
+def test_sent_records_dropped_when_their_window_ended(tmp_path: Path) -> None:
+    path = tmp_path / "spend.duckdb.alerts"
+    april = (
+        '{"budget": "org", "window_start": "2026-04-01T00:00:00+00:00",'
+        ' "resets_at": "2026-05-01T00:00:00+00:00", "thresholds": ["0.5"]}'
+    )
+    may = (
+        '{"budget": "org", "window_start": "2026-05-01T00:00:00+00:00",'
+        ' "resets_at": "2026-06-01T00:00:00+00:00", "thresholds": ["0.5", "0.8"]}'
+    )
+    path.write_text(f"{april}\n{{torn\n{may}\n")
+    sent = SentAlerts(path)
+    sent.load(NOW)
+    start = "2026-05-01T00:00:00+00:00"
+    assert sent.keys == {("org", start, Decimal("0.5")), ("org", start, Decimal("0.8"))}
+    assert path.read_text() == f"{may}\n"
+
+
 def test_call_returns_at_once_when_webhook_is_slow(tmp_path: Path) -> None:
     slow = Receiver(delay_s=1.0)
     engine = engine_at(tmp_path, policy(slow.url))
@@ -265,6 +299,7 @@ def test_delivery_retries_with_backoff_when_webhook_fails_then_recovers(
     assert json.loads(sent.path.read_text()) == {
         "budget": "team:be",
         "window_start": "2026-05-01T00:00:00+00:00",
+        "resets_at": "2026-06-01T00:00:00+00:00",
         "thresholds": ["0.5"],
         "sent_at": "2026-05-10T12:00:00+00:00",
     }

@@ -19,7 +19,7 @@ from tollgate.calls import Call
 from tollgate.cli import main
 from tollgate.cli_reports import money
 from tollgate.identity import fingerprint, identify
-from tollgate.ledger import Ledger
+from tollgate.ledger import Ledger, read_rows
 from tollgate.metrics import Metrics
 from tollgate.providers.base import RequestFacts, Route
 
@@ -314,6 +314,31 @@ def test_report_json_keeps_exact_decimals_when_grouped_by_day_and_user(
             "cost_usd": "0.00",
         },
     ]
+
+
+def test_view_matches_report_when_queried_inside_ledger_file(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    view = read_rows(db, "SELECT team, calls, cost_usd FROM spend_by_team")
+    code, out, _ = run(
+        capsys, "report", "--db", str(db), "--by", "team", "--format", "csv"
+    )
+    report = [line.split(",") for line in out.splitlines()[1:]]
+    assert code == 0
+    assert [(t or "", str(c), money(u)) for t, c, u in view] == [
+        (r[0], r[1], r[-1]) for r in report
+    ]
+
+
+def test_report_shows_zero_total_when_range_has_no_calls(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(capsys, "report", "--db", str(db), "--since", "2030-01-01")
+    assert (code, out.splitlines()[-1].split()) == (0, ["total", *"0" * 6, "0.00"])
+    code, out, _ = run(
+        capsys, "report", "--db", str(db), "--since", "2030-01-01", "--format", "json"
+    )
+    assert (code, out) == (0, "[]\n")
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from .admission import usd
 from .budgets import ScopeBudget
 from .policy import Webhook
 
@@ -67,7 +68,7 @@ class Alert:
             pace = f"at this pace it runs out {self.forecast.isoformat()}"
         return (
             f"Tollgate: budget {self.scope} passed {self.threshold * 100:.0f}%:"
-            f" spent ${self.spent:.2f} of ${self.limit:.2f} ({self.percent}%) this"
+            f" spent {usd(self.spent)} of {usd(self.limit)} ({self.percent}%) this"
             f" {self.duration} window; resets {self.window_end.isoformat()}; {pace}"
         )
 
@@ -95,6 +96,7 @@ class Alert:
             {
                 "budget": self.scope,
                 "window_start": self.window_start.isoformat(),
+                "resets_at": self.window_end.isoformat(),
                 "thresholds": [str(t) for t in self.covers],
                 "sent_at": sent_at.isoformat(),
             }
@@ -145,8 +147,8 @@ class SentAlerts:
         self.keys: set[Key] = set()
         self._failed = False
 
-    def load(self, windows: set[tuple[str, str]]) -> None:
-        """Read the records of the current `windows`; older ones are dropped."""
+    def load(self, now: datetime) -> None:
+        """Read the records of windows still open at `now`; older ones are dropped."""
         try:
             lines = self.path.read_text(encoding="utf-8").splitlines()
         except FileNotFoundError:
@@ -165,9 +167,10 @@ class SentAlerts:
                 record = json.loads(line)
                 window = (str(record["budget"]), str(record["window_start"]))
                 thresholds = [Decimal(str(t)) for t in record["thresholds"]]
+                ends = datetime.fromisoformat(record["resets_at"])
             except (ValueError, KeyError, TypeError, ArithmeticError):
                 continue
-            if window in windows:
+            if ends > now:
                 kept.append(line)
                 self.keys.update((*window, t) for t in thresholds)
         if len(kept) != len(lines):
@@ -313,12 +316,8 @@ class AlertWatcher:
 
     def start(self) -> None:
         """Load the records of current windows, then fire crossings not yet sent."""
-        budgets = self.engine.book.all_budgets()
-        windows = {
-            (b.label, b.window_start.isoformat()) for b in budgets if b.window_start
-        }
-        self.sent.load(windows)
-        self.sweep(budgets)
+        self.sent.load(self.engine.clock.now())
+        self.sweep(self.engine.book.all_budgets())
 
     def sweep(self, budgets: Iterable[ScopeBudget]) -> None:
         for budget in budgets:
@@ -331,7 +330,10 @@ class AlertWatcher:
             logger.exception("alerts: budgets of row %s not checked", row.get("id"))
 
     def on_policy(self, engine: "Engine") -> None:
-        self.sweep(engine.book.all_budgets())
+        try:
+            self.sweep(engine.book.all_budgets())
+        except Exception:  # a reload must complete even if alerting fails
+            logger.exception("alerts: budgets not checked after the policy reload")
 
     def on_overhead(self, seconds: float) -> None:
         return None

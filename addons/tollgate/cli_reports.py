@@ -49,7 +49,7 @@ TOTALS = (
 # A call with several tags counts under each; one without any under an empty tag.
 TAGGED = (
     "(SELECT *, unnest(CASE WHEN len(coalesce(tags, [])) = 0 THEN [NULL::VARCHAR]"
-    " ELSE tags END) AS tag FROM requests)"
+    " ELSE tags END) AS tag FROM base)"
 )
 WHEN_HELP = "an ISO date (midnight UTC) or date-time (UTC unless it has an offset)"
 METRICS_URL = "http://127.0.0.1:9464/metrics"
@@ -68,8 +68,9 @@ def register(commands: Any) -> None:
         "--by",
         action="append",
         metavar="GROUP",
-        help="user, team, model, tag, day (UTC) or session; repeat or comma-separate"
-        " to group by several (default: user)",
+        help="user, team, model (its price-table entry, else as requested), tag,"
+        " day (UTC) or session; repeat or comma-separate to group by several"
+        " (default: user)",
     )
     report.add_argument("--since", help=f"first moment counted: {WHEN_HELP}")
     report.add_argument("--until", help=f"first moment not counted: {WHEN_HELP}")
@@ -111,7 +112,8 @@ def _format_option(parser: argparse.ArgumentParser) -> None:
         "--format",
         choices=("table", "csv", "json"),
         default="table",
-        help="output format (default: %(default)s)",
+        help="table (aligned), csv, or json with money as exact decimal strings"
+        " (default: %(default)s)",
     )
 
 
@@ -128,24 +130,25 @@ def run_report(args: argparse.Namespace) -> int:
         )
     _require_ledger(args.db)
 
+    # One statement, so the groups and the total see the same rows while the
+    # gateway keeps writing; the total never double-counts tags.
     where, params = _range(since, until)
-    keys = ", ".join(f"{GROUPS[g]} AS {g}" for g in groups)
+    keys = ", ".join(f"CAST({GROUPS[g]} AS VARCHAR) AS {g}" for g in groups)
+    blanks = ", ".join(f"NULL AS {g}" for g in groups)
     sums = ", ".join(f"{sql} AS {name}" for name, sql in TOTALS)
-    source = TAGGED if "tag" in groups else "requests"
-    order = ["day"] if "day" in groups else []
-    order += ["cost_usd DESC", *(f"{g} NULLS LAST" for g in groups if g != "day")]
+    source = TAGGED if "tag" in groups else "base"
+    order = ["is_total", *(["day"] if "day" in groups else []), "cost_usd DESC"]
+    order += [f"{g} NULLS LAST" for g in groups if g != "day"]
     sql = (
-        f"SELECT {keys}, {sums} FROM {source} WHERE {where}"
-        f" GROUP BY ALL ORDER BY {', '.join(order)}"
+        f"WITH base AS (SELECT * FROM requests WHERE {where})"
+        f" SELECT false AS is_total, {keys}, {sums} FROM {source} GROUP BY ALL"
+        f" UNION ALL SELECT true, {blanks}, {sums} FROM base"
+        f" ORDER BY {', '.join(order)}"
     )
+    *rows, total = [list(r[1:]) for r in read_rows(args.db, sql, params)]
+    total[: len(groups)] = ["total", *[""] * (len(groups) - 1)]
     header = [*groups, *(name for name, _ in TOTALS)]
-    rows = [list(r) for r in read_rows(args.db, sql, params)]
-    total = None
-    if args.format == "table":
-        sql = f"SELECT {sums} FROM requests WHERE {where}"
-        [found] = read_rows(args.db, sql, params)
-        total = ["total", *[""] * (len(groups) - 1), *found]
-    emit(args.format, header, rows, total)
+    emit(args.format, header, rows, total if args.format == "table" else None)
     return 0
 
 

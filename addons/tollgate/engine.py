@@ -66,8 +66,10 @@ class Engine:
         self.admission = Admission(policy, prices, self.book, self.limiter)
         self.observers: list[Observer] = []
         self._unpriced_logged: set[str] = set()
+        self._mismatch_logged: set[str] = set()
         self._policy_mtime = _mtime(policy.source)
         self._watch: asyncio.Task[None] | None = None
+        self.budgets_partial = False  # spent counts only what the journal held
 
     @classmethod
     def from_options(cls, options: Options) -> "Engine":
@@ -78,7 +80,7 @@ class Engine:
         engine = cls(policy=policy, prices=prices, ledger=ledger, now=Clock(options.budget_now))
         engine.ledger.on_state = engine._ledger_state
         engine.ledger.start()
-        engine._rebuild_budgets()
+        engine._rebuild_budgets(wait_s=0.0 if engine.ledger.failing else 10.0)
         from .observe import attach_observers
 
         attach_observers(engine, options)
@@ -121,21 +123,34 @@ class Engine:
             observer.on_policy(self)
         logger.info("tollgate: policy reloaded: %s", policy.describe())
 
-    def _rebuild_budgets(self, only: list[ScopeBudget] | None = None) -> None:
-        """Spent per window from the ledger (and journal rows not yet in it)."""
+    def _rebuild_budgets(
+        self, only: list[ScopeBudget] | None = None, wait_s: float = 10.0
+    ) -> None:
+        """Spent per window from the ledger, its journal and rows not yet written.
+
+        When DuckDB cannot be read, spent counts what the journal and memory hold and
+        is rebuilt again (by the background task) once the ledger is back.
+        """
         since = self.book.earliest_window_start()
         try:
-            rows = self.ledger.rows_since(since)
+            rows = self.ledger.rows_since(since, wait_s=wait_s)
         except LedgerError as e:
-            logger.error("tollgate: budgets start empty, ledger unreadable: %s", e)
-            return
-        if only is None:
-            self.book.load(rows)
-            return
+            rows = self.ledger.unstored_rows_since(since)
+            if not self.budgets_partial:
+                logger.error(
+                    "tollgate: the ledger cannot be read (%s); budgets count only the"
+                    " %d calls in its journal and memory until it can, then are"
+                    " rebuilt", str(e).splitlines()[0], len(rows),
+                )
+            self.budgets_partial = True
+        else:
+            if self.budgets_partial:
+                logger.info("tollgate: ledger readable again; budgets rebuilt from it")
+            self.budgets_partial = False
         scratch = BudgetBook(self.policy, self.clock.now)
         scratch.load(rows)
         totals = {b.label: b.spent for b in scratch.all_budgets()}
-        for budget in only:
+        for budget in self.book.all_budgets() if only is None else only:
             budget.spent = totals.get(budget.label, Decimal(0))
 
     def start_background(self) -> None:
@@ -145,6 +160,8 @@ class Engine:
     async def _watch_policy(self) -> None:
         while True:
             await asyncio.sleep(POLICY_CHECK_INTERVAL_S)
+            if self.budgets_partial and not self.ledger.failing:
+                self._rebuild_budgets(wait_s=0.5)
             mtime = _mtime(self.policy.source)
             if mtime == self._policy_mtime:
                 continue
@@ -184,9 +201,20 @@ class Engine:
             )
         return self.admission.admit(call, principal, body_bytes)
 
+    def limits_apply(self) -> bool:
+        """True when the policy limits anyone or holds provider keys.
+
+        Then a call the gateway cannot understand or meter must not pass.
+        """
+        p = self.policy
+        return bool(
+            p.org or p.default_limits or p.teams or p.users or p.keys or p.tags
+            or p.provider_keys or p.unknown_callers == "refuse"
+        )
+
     def unreadable_body(self, call: Call) -> Refusal | None:
         """A body that is not JSON: harmless unless a limit would need its facts."""
-        if self.policy.org or self.policy.teams or self.policy.users or self.policy.tags:
+        if self.limits_apply():
             return Refusal(400, "body", "Tollgate: the request body is not a JSON object")
         return None
 
@@ -198,6 +226,10 @@ class Engine:
         )
 
     def refused(self, call: Call, refusal: Refusal) -> None:
+        """Record a refusal; a reservation the call already holds is released."""
+        if call.budgets:
+            self.book.settle(call.budgets, call.reserved, Decimal(0), call.started)
+            call.budgets, call.reserved = [], Decimal(0)
         row = to_row(
             call, usage=None, cost=Decimal(0), status=refusal.status, outcome="blocked",
             reason=refusal.reason, response_model=None, ended_s=time.time(),
@@ -215,8 +247,8 @@ class Engine:
         response_model: str | None,
     ) -> None:
         """Price the call, swap its reservation for the cost, record it."""
-        if call.price is None and response_model and call.route.billable:
-            call.price = self.prices.resolve(response_model)
+        if response_model and call.route.billable:
+            self._price_as_answered(call, response_model)
         cost = Decimal(0)
         if usage is not None and call.price is not None:
             cost = self.prices.cost(call.price, usage)
@@ -237,6 +269,26 @@ class Engine:
         for observer in self.observers:
             observer.on_row(row, changed)
 
+    def _price_as_answered(self, call: Call, response_model: str) -> None:
+        """Price by the model the provider says it ran, when that has a price.
+
+        A request that named one model while another answered is charged for the
+        one that answered, whatever spelling tricks the request used.
+        """
+        answered = self.prices.resolve(response_model)
+        if answered is None:
+            return
+        if call.price is not None and answered.key == call.price.key:
+            return
+        if call.price is not None:
+            pair = f"{call.price.key}->{answered.key}"
+            if pair not in self._mismatch_logged and len(self._mismatch_logged) < 1000:
+                self._mismatch_logged.add(pair)
+                logger.warning("tollgate: a call for %r was answered by %r; such calls"
+                               " are priced as the model that answered",
+                               call.price.key, answered.key)
+        call.price = answered
+
     def _log_unpriced(self, model: str | None) -> None:
         name = model or "(none)"
         if name not in self._unpriced_logged and len(self._unpriced_logged) < 1000:
@@ -244,10 +296,27 @@ class Engine:
             logger.warning("tollgate: no price for model %r; its calls are recorded"
                            " with cost 0 and reason 'unpriced model'", name)
 
-    def _ledger_state(self, healthy: bool, reason: str) -> None:
-        if not healthy and self.policy.on_ledger_error == "fail_closed":
-            logger.error("tollgate: on_ledger_error is fail_closed: refusing calls"
-                         " until the ledger is writable")
+    def _ledger_state(self, store: str, ok: bool, reason: str) -> None:
+        """Say once what broke (or healed) and what the gateway does about it."""
+        path = self.ledger.path if store == "ledger" else self.ledger.journal_path
+        if ok:
+            other = "" if self.ledger.healthy else " (the other store is still down)"
+            logger.info("tollgate: %s %s is writable again; spooled calls are written"
+                        " to it%s", store, path, other)
+            return
+        if store == "ledger":
+            kept = f"kept in {self.ledger.journal_path} and memory and written"
+        else:
+            kept = "kept in memory only (a crash now loses them) and written"
+        if self.policy.on_ledger_error == "fail_closed":
+            doing = ("on_ledger_error is fail_closed, so calls are refused with 503"
+                     " until it is back")
+        else:
+            doing = ("on_ledger_error is keep_serving, so calls go on and budgets are"
+                     " enforced from memory")
+        first = reason.splitlines()[0] if reason else "unknown error"
+        logger.error("tollgate: cannot write the %s %s (%s); %s; finished calls are"
+                     " %s when it is back", store, path, first, doing, kept)
 
 
 def same_definition(a: ScopeBudget, b: ScopeBudget) -> bool:

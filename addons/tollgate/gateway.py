@@ -1,9 +1,11 @@
 """The mitmproxy addon: the only module that touches flows, hooks and options.
 
 Each hook hands the flow's facts to the pure modules (providers, admission, meter,
-pricing, ledger) and applies their answers to the flow.
+pricing, ledger) and applies their answers to the flow. At shutdown it lets the
+calls in flight finish (up to `budget_drain_s`) before the ledger is closed.
 """
 
+import asyncio
 import json
 import logging
 import time
@@ -16,17 +18,33 @@ from mitmproxy.connection import Client
 from . import providers
 from .admission import Refusal
 from .agents import detect_agent, detect_session
-from .calls import Call, clean_tags, estimate_stream_usage, to_row
+from .calls import Call, clean_tags, estimate_stream_usage
 from .engine import Engine
 from .errors import TollgateError
+from .flows import (
+    destination_host,
+    flow_status,
+    parse_body,
+    path_models,
+    read_json,
+    strip_gateway_headers,
+    swap_credential,
+    trusted_destination,
+    untrusted_refusal,
+)
 from .identity import VIRTUAL_PREFIX, identify, presented_secret, proxy_secret
 from .meter import StreamMeter
+from .requestcheck import body_problem, unmetered_reason, widest_output_limit
 from .usage import Usage
 
 logger = logging.getLogger(__name__)
 
-GATEWAY_HEADER_PREFIX = "x-tollgate-"
 CALL = "tollgate.call"
+TRUSTED = "tollgate.trusted_destination"
+DESTINATION = "tollgate.destination"
+UNMETERED = "tollgate.unmetered"
+# Providers whose last stream event is final: settle on it, before it goes out.
+FINAL_EVENT_PROVIDERS = ("anthropic", "openai")
 
 
 class BudgetGuard:
@@ -35,8 +53,17 @@ class BudgetGuard:
     def __init__(self) -> None:
         self.engine: Engine | None = None
         self._proxy_tokens: dict[str, str] = {}
+        self._inflight: dict[str, http.HTTPFlow] = {}
+        self._stopping = False
+        self._unmetered_logged: set[str] = set()
 
     def load(self, loader: Loader) -> None:
+        errorcheck = ctx.master.addons.get("errorcheck")  # type: ignore[no-untyped-call]
+        if errorcheck is not None:
+            # mitmproxy exits on any ERROR logged before it runs. Tollgate raises
+            # for what must stop it (a bad policy); its ERROR lines about a ledger
+            # or metrics port that is down at start report a degraded service.
+            errorcheck.logger.addFilter(lambda r: not r.name.startswith("tollgate"))
         loader.add_option(
             "budget_policy", str, "",
             "Policy YAML with budgets, model allow-lists, rate limits and keys, e.g."
@@ -65,6 +92,11 @@ class BudgetGuard:
             "budget_metrics_host", str, "127.0.0.1",
             "Address the /metrics endpoint binds to.",
         )
+        loader.add_option(
+            "budget_drain_s", int, 30,
+            "Seconds a stopping gateway (SIGTERM, SIGINT) waits for calls in flight"
+            " to finish before it records them as aborted and exits.",
+        )
 
     def configure(self, updated: set[str]) -> None:
         if ctx.options.connection_strategy != "lazy":
@@ -82,10 +114,29 @@ class BudgetGuard:
         if self.engine is not None:
             self.engine.start_background()
 
-    def done(self) -> None:
-        if self.engine is not None:
-            self.engine.close()
-            self.engine = None
+    async def done(self) -> None:
+        engine = self.engine
+        if engine is None:
+            return
+        self._stopping = True
+        await self._drain(engine, ctx.options.budget_drain_s)
+        engine.close()
+        self.engine = None
+
+    async def _drain(self, engine: Engine, limit_s: float) -> None:
+        """Let calls in flight finish; record those still running at the deadline."""
+        if self._inflight:
+            logger.info("tollgate: stopping; waiting up to %s s for %d calls in flight",
+                        limit_s, len(self._inflight))
+        deadline = time.monotonic() + limit_s
+        while self._inflight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self._inflight:
+            logger.warning("tollgate: %d calls still running at shutdown are recorded"
+                           " as aborted with what was seen", len(self._inflight))
+        for flow in list(self._inflight.values()):
+            self._finish(flow, aborted="gateway stopped")
+        self._inflight.clear()
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
         token = proxy_secret(flow.request.headers.get("proxy-authorization"))
@@ -99,8 +150,22 @@ class BudgetGuard:
         engine = self.engine
         if engine is None:
             return
+        try:
+            self._open_call(flow, engine)
+        except Exception:  # an unclassified provider call must not pass unmetered
+            logger.exception("tollgate: reading request headers failed for flow %s",
+                             flow.id)
+            flow.response = http.Response.make(
+                500, b"Tollgate: internal error", {"content-type": "text/plain"}
+            )
+
+    def _open_call(self, flow: http.HTTPFlow, engine: Engine) -> None:
         request = flow.request
-        route = providers.classify(request.pretty_host, request.path, engine.policy.hosts)
+        host = destination_host(request)
+        route = providers.classify(host, request.path, engine.policy.hosts)
+        # Decided before any other addon may re-route the request.
+        flow.metadata[TRUSTED] = trusted_destination(flow, engine.policy.hosts)
+        flow.metadata[DESTINATION] = request.host
         if route is None:
             secret = presented_secret(request.headers, request.query)
             if secret is None or not secret.startswith(VIRTUAL_PREFIX):
@@ -113,6 +178,7 @@ class BudgetGuard:
             started_s=started_s,
             agent=detect_agent(request.headers),
         )
+        self._inflight[flow.id] = flow
         if route.billable:
             request.headers["accept-encoding"] = "identity"
 
@@ -123,7 +189,11 @@ class BudgetGuard:
             return
         began = time.perf_counter()
         try:
-            if call.route.endpoint == "other":
+            if self._stopping:
+                refusal = Refusal(503, "stopping", "Tollgate: the gateway is stopping;"
+                                  " retry in a moment", retry_after_s=1)
+                self._refuse(flow, call, engine, refusal)
+            elif call.route.endpoint in ("other", "batches"):
                 self._pass_other(flow, call, engine)
             else:
                 self._admit(flow, call, engine)
@@ -134,9 +204,21 @@ class BudgetGuard:
         call.overhead_s += time.perf_counter() - began
 
     def _pass_other(self, flow: http.HTTPFlow, call: Call, engine: Engine) -> None:
-        """Provider traffic that costs nothing: only a Tollgate key is swapped."""
-        call.recorded = True
+        """Provider traffic outside the metered endpoints: free calls pass (with a
+        Tollgate key swapped); calls that would spend unseen are refused where
+        limits apply, and recorded as not metered where none do."""
         request = flow.request
+        websocket = request.headers.get("upgrade", "").lower() == "websocket"
+        unmetered = unmetered_reason(request.method, request.path, websocket)
+        if unmetered is not None and engine.limits_apply():
+            refusal = Refusal(400, "unmetered", f"Tollgate: {unmetered}")
+            self._refuse(flow, call, engine, refusal)
+            return
+        if unmetered is not None:
+            flow.metadata[UNMETERED] = True
+            self._warn_unmetered(request.method, call.route.endpoint, unmetered)
+        else:
+            call.recorded = True  # free: no ledger row
         strip_gateway_headers(request)
         secret = presented_secret(request.headers, request.query)
         if secret is None or not secret.startswith(VIRTUAL_PREFIX):
@@ -147,22 +229,42 @@ class BudgetGuard:
             self._refuse(flow, call, engine, Refusal(401, "auth", f"Tollgate: {principal.refusal}"))
         elif real is None:
             self._refuse(flow, call, engine, engine.missing_provider_key(call))
+        elif not flow.metadata.get(TRUSTED):
+            self._refuse(flow, call, engine, untrusted_refusal(flow.metadata[DESTINATION]))
         else:
-            swap_credential(request, real)
+            swap_credential(request, secret, real, call.route.provider)
+
+    def _warn_unmetered(self, method: str, endpoint: str, why: str) -> None:
+        key = f"{method} {why}"
+        if key in self._unmetered_logged or len(self._unmetered_logged) >= 100:
+            return
+        self._unmetered_logged.add(key)
+        logger.warning("tollgate: %s; it passed because no limit applies and is"
+                       " recorded with reason 'not metered'", why)
 
     def _admit(self, flow: http.HTTPFlow, call: Call, engine: Engine) -> None:
         request = flow.request
         body_bytes = len(request.raw_content or b"")
         body: dict[str, Any] | None = None
+        text = ""
         if call.route.billable or call.route.endpoint == "count_tokens":
-            body = parse_body(request)
+            body, text = read_json(request)
             if body is None and body_bytes:
                 refusal = engine.unreadable_body(call)
                 if refusal is not None:
                     self._refuse(flow, call, engine, refusal)
                     return
+        if body is not None and engine.limits_apply():
+            problem = body_problem(body, text, path_models(call, engine))
+            if problem is not None:
+                refusal = Refusal(400, "body", f"Tollgate: {problem}")
+                self._refuse(flow, call, engine, refusal)
+                return
         if body is not None:
             call.facts = providers.read_request(call.route, body)
+            call.facts.max_output_tokens = widest_output_limit(
+                call.route.provider, body, call.facts.max_output_tokens
+            )
         elif call.route.path_model:
             call.facts.model = call.route.path_model
         header_tags = request.headers.get("x-tollgate-tags", "")
@@ -180,16 +282,25 @@ class BudgetGuard:
             return
 
         strip_gateway_headers(request)
-        if principal.swap_key:
+        if principal.swap_key and secret is not None:
             real = engine.policy.provider_keys.get(call.route.provider)
             if real is None:
                 self._refuse(flow, call, engine, engine.missing_provider_key(call))
                 return
-            swap_credential(request, real)
+            if not flow.metadata.get(TRUSTED):
+                self._refuse(flow, call, engine, untrusted_refusal(flow.metadata[DESTINATION]))
+                return
+            swap_credential(request, secret, real, call.route.provider)
         if body is not None and call.facts.changed:
             request.content = json.dumps(body).encode()
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
+        try:
+            self._meter(flow)
+        except Exception:  # unmetered bytes still flow; the call settles from its body
+            logger.exception("tollgate: metering setup failed for flow %s", flow.id)
+
+    def _meter(self, flow: http.HTTPFlow) -> None:
         call: Call | None = flow.metadata.get(CALL)
         response = flow.response
         if call is None or response is None or call.recorded or not call.route.billable:
@@ -205,14 +316,18 @@ class BudgetGuard:
             json_array=json_array,
             drop_usage_chunk=call.facts.usage_injected,
         )
+        if call.route.provider in FINAL_EVENT_PROVIDERS:
+            call.meter.on_complete = lambda: self._finish(flow, aborted=None)
         response.stream = call.meter
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._finish(flow, aborted=None)
+        self._inflight.pop(flow.id, None)
 
     def error(self, flow: http.HTTPFlow) -> None:
         message = flow.error.msg if flow.error else "connection error"
         self._finish(flow, aborted=message)
+        self._inflight.pop(flow.id, None)
 
     def _finish(self, flow: http.HTTPFlow, aborted: str | None) -> None:
         call: Call | None = flow.metadata.get(CALL)
@@ -239,16 +354,24 @@ class BudgetGuard:
         if meter is not None:
             reader = meter.reader
             usage, model = reader.usage, reader.model
+            body_bytes = len(flow.request.raw_content or b"")
+            # A billable stream that reports no tokens at all reported nothing.
+            known = usage if usage is not None and usage.total_tokens else None
             if aborted is None and reader.error is None and reader.complete:
                 outcome = "ok"
+                if known is None:  # a finished stream without usage still cost
+                    reason = "no usage in stream"
+                    usage = estimate_stream_usage(call, None, body_bytes)
             else:
                 outcome = "aborted" if aborted else "upstream_error"
                 reason = (aborted or reader.error or "stream ended early")[:200]
-                usage = estimate_stream_usage(call, usage, len(flow.request.raw_content or b""))
+                usage = estimate_stream_usage(call, known, body_bytes)
         elif aborted is not None:
             outcome, reason = "aborted", aborted[:200]
         elif status >= 400:
             outcome, reason = "upstream_error", f"HTTP {status}"
+        elif flow.metadata.get(UNMETERED):
+            outcome, reason = "ok", "not metered"
         else:
             outcome = "ok"
             if call.route.billable and flow.response is not None:
@@ -272,43 +395,3 @@ class BudgetGuard:
         if not call.recorded:
             call.recorded = True
             engine.refused(call, refusal)
-
-
-def parse_body(message: http.Message) -> dict[str, Any] | None:
-    """The JSON object in a message body, or None (never raises)."""
-    try:
-        content = message.get_content(strict=False)
-        if not content:
-            return None
-        data = json.loads(content)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def flow_status(flow: http.HTTPFlow) -> int:
-    return flow.response.status_code if flow.response is not None else 502
-
-
-def strip_gateway_headers(request: http.Request) -> None:
-    """Gateway headers and proxy logins never reach the provider."""
-    for name in list(request.headers.keys()):
-        if name.lower().startswith(GATEWAY_HEADER_PREFIX):
-            del request.headers[name]
-    request.headers.pop("proxy-authorization", None)
-
-
-def swap_credential(request: http.Request, real: str) -> None:
-    """Put the provider key where the client put its Tollgate key."""
-    headers = request.headers
-    if "x-api-key" in headers:
-        headers["x-api-key"] = real
-    elif "authorization" in headers:
-        headers["authorization"] = f"Bearer {real}"
-    elif "x-goog-api-key" in headers:
-        headers["x-goog-api-key"] = real
-    elif "api-key" in headers:
-        headers["api-key"] = real
-    elif "key" in request.query:
-        request.query["key"] = real
-

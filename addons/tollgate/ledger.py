@@ -8,16 +8,18 @@ rows stay in the journal and in memory and are retried with backoff, and the gat
 keeps serving or refuses calls as the policy's `on_ledger_error` says (fail-open
 `keep_serving` by default: spend is still enforced from memory). At start, journal
 lines missing from the database are inserted, so a `kill -9` loses no finished call.
+A row DuckDB refuses (a bad value) is set aside in `<db>.rejected`, never retried
+forever in front of the others.
 """
 
 import json
 import logging
-import os
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,8 @@ import duckdb
 
 from . import schema
 from .errors import LedgerError
+from .journal import Journal
+from .rowcheck import fit_row
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +38,12 @@ BUDGET_FIELDS = (
     "model", "price_model", "cost_usd",
 )
 JOURNAL_ROTATE_BYTES = 4 * 1024 * 1024
+STOP_RETRY_S = 3.0
+MAX_BACKOFF_S = 2.0  # retries while the file is down: cheap, and recovery is quick
+LOCK_GRACE_S = 3.0  # how long a reader may hold the file before it counts as down
+# Errors about a value, not the file: only the row holding it is set aside.
+ROW_ERRORS = (duckdb.DataError, duckdb.InvalidInputException)
+StateCallback = Callable[[str, bool, str], None]
 
 
 class Ledger:
@@ -45,23 +55,42 @@ class Ledger:
         *,
         batch_rows: int = 500,
         flush_interval_s: float = 0.25,
-        on_state: Callable[[bool, str], None] | None = None,
+        on_state: StateCallback | None = None,
+        lock_grace_s: float = LOCK_GRACE_S,
     ) -> None:
         self.path = path
         self.journal_path = Path(f"{path}.journal")
+        self.rejected_path = Path(f"{path}.rejected")
         self.batch_rows = batch_rows
         self.flush_interval_s = flush_interval_s
         self.on_state = on_state
-        self.healthy = True
+        self.lock_grace_s = lock_grace_s
+        self.db_ok = True
         self.write_errors = 0
         self.rows_written = 0
+        self.rows_rejected = 0
+        self.journal = Journal(self.journal_path, self._journal_state)
         self._queue: queue.SimpleQueue[Row | None] = queue.SimpleQueue()
         self._appended = 0
         self._committed = 0
-        self._journal_fd: int | None = None
-        self._journal_failed = False
+        self._pending: dict[str, Row] = {}  # handed over, not yet in DuckDB
         self._thread: threading.Thread | None = None
-        self._last_error = ""
+        self._stop = threading.Event()
+        self._schema_ready = False
+        self._failing_since: float | None = None
+        # The writer's batch and this process's reads never overlap: DuckDB refuses a
+        # read-only connection to a file the same process has open read-write.
+        self._lock = threading.Lock()
+
+    @property
+    def healthy(self) -> bool:
+        """True while both the journal and DuckDB take writes."""
+        return self.db_ok and self.journal.ok
+
+    @property
+    def failing(self) -> bool:
+        """True while the last write failed, even if not yet reported as down."""
+        return self._failing_since is not None
 
     @property
     def backlog(self) -> int:
@@ -69,46 +98,53 @@ class Ledger:
         return self._appended - self._committed
 
     def start(self) -> list[Row]:
-        """Create the schema, replay the journal, start the writer; returns replayed rows."""
-        replayed = self._read_journal()
-        self._open_journal()
-        try:
-            with self._connect() as con:
-                for statement in schema.create_statements():
-                    con.execute(statement)
-                if replayed:
-                    con.execute(schema.insert_statement(), _columns(replayed))
+        """Lock and replay the journal, start the writer; returns replayed rows.
+
+        Raises LedgerError when another gateway already uses this ledger.
+        """
+        self.journal.open()
+        replayed = self.journal.read()
+        if self._write(replayed):
             if replayed:
-                logger.info("ledger: %d journal rows recovered into %s", len(replayed), self.path)
-                self._truncate_journal()
-        except (duckdb.Error, OSError) as e:
-            self._set_health(False, f"{type(e).__name__}: {e}")
+                logger.info("ledger: %d journal rows replayed into %s, %d of them"
+                            " missing from it", len(replayed), self.path,
+                            self.rows_written)
+                self.journal.truncate()
+        else:
             for row in replayed:
                 self._enqueue(row)
-        self._thread = threading.Thread(target=self._run, name="tollgate-ledger", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="tollgate-ledger", daemon=True
+        )
         self._thread.start()
         return replayed
 
     def append(self, row: Row) -> None:
         """Journal the row, then queue it for DuckDB. Called on the event loop."""
-        self._journal(row)
+        idle = self._appended == self._committed
+        if idle and self.journal.size() > JOURNAL_ROTATE_BYTES:
+            self.journal.truncate()  # every line in it is in DuckDB
+        self.journal.append(row)
         self._enqueue(row)
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Flush every queued row and stop the writer."""
         if self._thread is None:
             return
+        self._stop.set()
         self._queue.put(None)
         self._thread.join(timeout_s)
-        if self._thread.is_alive():
-            logger.error("ledger: %d rows not written at shutdown; kept in %s",
-                         self.backlog, self.journal_path)
-        elif self.backlog == 0:
-            self._truncate_journal()
+        left = self.backlog
+        if left == 0 and not self._thread.is_alive():
+            self.journal.truncate()
+        elif left:
+            kept = "the journal keeps them for the next start"
+            if not self.journal.ok:
+                kept = "the journal failed too, so those it missed are lost"
+            logger.error("ledger: %d rows not written to %s at shutdown; %s",
+                         left, self.path, kept)
         self._thread = None
-        if self._journal_fd is not None:
-            os.close(self._journal_fd)
-            self._journal_fd = None
+        self.journal.close()
 
     def wait_idle(self, timeout_s: float = 10.0) -> bool:
         """Block until every handed-over row is written (tests and shutdown)."""
@@ -117,160 +153,164 @@ class Ledger:
             time.sleep(0.01)
         return self.backlog == 0
 
-    def rows_since(self, since: datetime) -> list[Row]:
-        """Rows with cost from `since` on, from DuckDB plus journal rows not yet in it."""
+    def rows_since(self, since: datetime, wait_s: float = 10.0) -> list[Row]:
+        """Rows with cost from `since` on, from DuckDB plus journal rows not yet in it.
+
+        Raises LedgerError when DuckDB cannot be read (`journal_rows_since` still can).
+        """
         sql = (
             f"SELECT {', '.join(BUDGET_FIELDS)} FROM requests"
             " WHERE ts >= ? AND cost_usd > 0"
         )
-        found = [dict(zip(BUDGET_FIELDS, r, strict=True)) for r in read_rows(self.path, sql, [since])]
+        with self._lock:  # a batch is either in DuckDB or still pending, never neither
+            stored = []
+            if self.path.exists():
+                stored = read_rows(self.path, sql, [since], wait_s=wait_s)
+            pending = list(self._pending.values())
+        found = [dict(zip(BUDGET_FIELDS, r, strict=True)) for r in stored]
         seen = {row["id"] for row in found}
-        for row in self._read_journal():
-            if row["id"] in seen or not row.get("cost_usd"):
-                continue
-            try:
-                row["ts"] = datetime.fromisoformat(str(row["ts"]))
-            except ValueError:
-                continue
-            if row["ts"] >= since:
+        for row in _budget_rows(pending + self.journal.read(), since):
+            if row["id"] not in seen:
+                seen.add(row["id"])
                 found.append(row)
         return found
 
-    # the journal, on the event loop
-
-    def _open_journal(self) -> None:
-        try:
-            self._journal_fd = os.open(
-                self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600
-            )
-        except OSError as e:
-            self._journal_failed = True
-            logger.error("ledger: cannot open journal %s (%s); a crash would lose"
-                         " unwritten rows", self.journal_path, e.strerror)
-
-    def _journal(self, row: Row) -> None:
-        fd = self._journal_fd
-        if fd is None:
-            return
-        if self._appended == self._committed and self._appended:
-            self._rotate_if_large(fd)
-        try:
-            os.write(fd, (json.dumps(row, default=str) + "\n").encode())
-        except OSError as e:
-            if not self._journal_failed:
-                logger.error("ledger: journal write failed (%s); rows kept in memory only",
-                             e.strerror)
-            self._journal_failed = True
-            return
-        self._journal_failed = False
-
-    def _rotate_if_large(self, fd: int) -> None:
-        try:
-            if os.fstat(fd).st_size > JOURNAL_ROTATE_BYTES:
-                os.ftruncate(fd, 0)
-        except OSError:
-            pass
-
-    def _truncate_journal(self) -> None:
-        try:
-            if self._journal_fd is not None:
-                os.ftruncate(self._journal_fd, 0)
-            elif self.journal_path.exists():
-                self.journal_path.write_bytes(b"")
-        except OSError as e:
-            logger.warning("ledger: cannot truncate %s: %s", self.journal_path, e.strerror)
-
-    def _read_journal(self) -> list[Row]:
-        try:
-            lines = self.journal_path.read_bytes().splitlines()
-        except FileNotFoundError:
-            return []
-        except OSError as e:
-            raise LedgerError(f"{self.journal_path}: cannot read: {e.strerror}") from None
-        rows = []
-        for line in lines:
-            try:
-                row = json.loads(line)
-            except ValueError:
-                logger.warning("ledger: skipped a torn journal line in %s", self.journal_path)
-                continue
-            if isinstance(row, dict) and "id" in row:
-                rows.append(row)
-        return rows
+    def unstored_rows_since(self, since: datetime) -> list[Row]:
+        """Rows DuckDB may not have: pending ones and the journal's (no DuckDB read)."""
+        rows = list(self._pending.values()) + self.journal.read()
+        return list({row["id"]: row for row in _budget_rows(rows, since)}.values())
 
     # the writer thread
 
     def _enqueue(self, row: Row) -> None:
         self._appended += 1
+        self._pending[row["id"]] = row
         self._queue.put(row)
 
     def _run(self) -> None:
-        stopping = False
         batch: list[Row] = []
         backoff = 0.1
+        give_up_at: float | None = None
         while True:
-            stopping = self._fill(batch, stopping)
-            if batch:
-                if self._write(batch):
-                    self._committed += len(batch)
-                    batch = []
-                    backoff = 0.1
-                else:
-                    if stopping and backoff > 2:
-                        return
-                    time.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
-                    continue
-            if stopping:
-                return
+            self._fill(batch)
+            stopping = self._stop.is_set()
+            if stopping and give_up_at is None:
+                give_up_at = time.monotonic() + STOP_RETRY_S
+            if not batch and ((self.db_ok and not self.failing) or stopping):
+                if stopping:
+                    return
+                continue
+            # a batch to write, or a broken file to probe while idle
+            if self._write(batch):
+                self._committed += len(batch)
+                batch = []
+                backoff = 0.1
+                continue
+            if give_up_at is not None and time.monotonic() >= give_up_at:
+                return  # the journal keeps the rest for the next start
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF_S)
 
-    def _fill(self, batch: list[Row], stopping: bool) -> bool:
-        """Top up `batch` from the queue; True once the stop marker was seen."""
-        timeout = 0.0 if batch or stopping else self.flush_interval_s
+    def _fill(self, batch: list[Row]) -> None:
+        """Top up `batch` from the queue for up to one flush interval."""
         deadline = time.monotonic() + self.flush_interval_s
         while len(batch) < self.batch_rows:
+            wait = 0.0 if self._stop.is_set() else deadline - time.monotonic()
             try:
-                item = self._queue.get(timeout=max(timeout, 0.0))
+                item = self._queue.get(block=wait > 0, timeout=max(wait, 0.0))
             except queue.Empty:
-                if batch or stopping or time.monotonic() >= deadline:
-                    break
-                timeout = self.flush_interval_s
-                continue
-            if item is None:
-                return True
-            batch.append(item)
-            timeout = max(deadline - time.monotonic(), 0.0)
-        return stopping
+                return
+            if item is not None:  # None only wakes the thread up at close
+                batch.append(item)
 
     def _write(self, batch: list[Row]) -> bool:
+        """Insert a batch (an empty one checks the file); False while DuckDB fails."""
         try:
-            with self._connect() as con:
-                con.execute(schema.insert_statement(), _columns(batch))
+            with self._lock, self._connect() as con:
+                if not self._schema_ready:
+                    for statement in schema.create_statements():
+                        con.execute(statement)
+                    self._schema_ready = True
+                written = self._insert(con, batch) if batch else 0
+                for row in batch:
+                    self._pending.pop(row["id"], None)
         except (duckdb.Error, OSError) as e:
-            self.write_errors += 1
-            self._set_health(False, f"{type(e).__name__}: {e}")
+            if batch:
+                self.write_errors += 1
+            self._schema_ready = False  # a replaced file needs its table again
+            now = time.monotonic()
+            if self._failing_since is None:
+                self._failing_since = now
+            # A report reading the file holds it for a moment: only wait then.
+            brief = now - self._failing_since < self.lock_grace_s
+            if not (brief and "Could not set lock" in str(e)):
+                self._db_state(False, f"{type(e).__name__}: {e}")
             return False
-        self.rows_written += len(batch)
-        self._set_health(True, "")
+        self._failing_since = None
+        self.rows_written += written
+        self._db_state(True, "")
         return True
+
+    def _insert(self, con: duckdb.DuckDBPyConnection, batch: list[Row]) -> int:
+        """Insert rows not in the table yet; how many were new."""
+        try:
+            return _inserted(con.execute(schema.insert_statement(), _columns(batch)))
+        except ROW_ERRORS:
+            pass
+        written = 0
+        for row in batch:  # find the rows DuckDB refuses; the rest go in
+            fitted, emptied = fit_row(row)
+            try:
+                statement = schema.insert_statement()
+                written += _inserted(con.execute(statement, _columns([fitted])))
+            except ROW_ERRORS as e:
+                self._reject(row, e)
+                continue
+            if emptied:
+                logger.warning("ledger: row %s stored without %s (values DuckDB"
+                               " refuses)", row.get("id"), ", ".join(emptied))
+        return written
+
+    def _reject(self, row: Row, error: Exception) -> None:
+        self.rows_rejected += 1
+        where = str(self.rejected_path)
+        try:
+            with open(self.rejected_path, "a", encoding="utf-8") as out:
+                out.write(json.dumps(row, default=str) + "\n")
+        except OSError as e:
+            where = f"nowhere ({e.strerror}): it is lost"
+        logger.error("ledger: row %s refused by DuckDB (%s); set aside in %s",
+                     row.get("id"), str(error).splitlines()[0], where)
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         return duckdb.connect(str(self.path))
 
-    def _set_health(self, healthy: bool, reason: str) -> None:
-        if healthy == self.healthy and (healthy or reason == self._last_error):
+    # health, reported once per change
+
+    def _db_state(self, ok: bool, reason: str) -> None:
+        if ok == self.db_ok:
             return
-        if not healthy and self.healthy:
-            logger.error(
-                "ledger: cannot write %s (%s); rows are kept in %s and memory and"
-                " retried", self.path, reason.splitlines()[0], self.journal_path
-            )
-        elif healthy:
-            logger.warning("ledger: %s writable again; backlog flushed", self.path)
-        self.healthy = healthy
-        self._last_error = reason
+        self.db_ok = ok
+        self._report("ledger", ok, reason)
+
+    def _journal_state(self, ok: bool, reason: str) -> None:
+        self._report("journal", ok, reason)
+
+    def _report(self, store: str, ok: bool, reason: str) -> None:
         if self.on_state is not None:
-            self.on_state(healthy, reason)
+            self.on_state(store, ok, reason)
+            return
+        path = self.path if store == "ledger" else self.journal_path
+        if ok:
+            logger.info("ledger: %s writable again", path)
+        else:
+            logger.error("ledger: cannot write %s (%s); rows are kept and retried",
+                         path, reason.splitlines()[0] if reason else "unknown error")
+
+
+def _inserted(cursor: duckdb.DuckDBPyConnection) -> int:
+    found = cursor.fetchone()
+    return int(found[0]) if found else 0
 
 
 def _columns(rows: Iterable[Row]) -> list[list[Any]]:
@@ -278,9 +318,11 @@ def _columns(rows: Iterable[Row]) -> list[list[Any]]:
     return [[row.get(name) for row in rows] for name in schema.NAMES]
 
 
-def read_rows(path: Path, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+def read_rows(
+    path: Path, sql: str, params: list[Any] | None = None, *, wait_s: float = 10.0
+) -> list[tuple[Any, ...]]:
     """Run a read-only query, waiting out the writer's short batch locks."""
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + wait_s
     while True:
         try:
             with duckdb.connect(str(path), read_only=True) as con:
@@ -289,3 +331,30 @@ def read_rows(path: Path, sql: str, params: list[Any] | None = None) -> list[tup
             if "lock" not in str(e).lower() or time.monotonic() > deadline:
                 raise LedgerError(f"{path}: {e}") from None
             time.sleep(0.02)
+
+
+def _budget_rows(rows: Iterable[Row], since: datetime) -> Iterable[Row]:
+    """Journal-shaped rows with a valid cost from `since` on, typed as DuckDB's are."""
+    for row in rows:
+        cost = _cost(row.get("cost_usd"))
+        ts = _timestamp(row.get("ts"))
+        if cost and ts is not None and ts >= since:
+            yield {**{n: row.get(n) for n in BUDGET_FIELDS}, "ts": ts, "cost_usd": cost}
+
+
+def _cost(value: object) -> Decimal | None:
+    """A journal row's cost: a finite, non-negative decimal, else None."""
+    try:
+        cost = Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        return None
+    return cost if cost.is_finite() and cost >= 0 else None
+
+
+def _timestamp(value: object) -> datetime | None:
+    """A journal row's start time, if it is an ISO time with an offset."""
+    try:
+        ts = datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+    return ts if ts.tzinfo is not None else None

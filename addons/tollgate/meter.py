@@ -3,12 +3,15 @@
 Bytes are returned unchanged in the same call, so nothing is held back. The one
 exception is an OpenAI chat stream whose usage chunk the gateway asked for on the
 client's behalf: there each event is released as soon as its last byte arrives and
-the usage chunk is dropped.
+the usage chunk is dropped. `on_complete` runs when the stream's final event has
+been read and before its bytes go on, so the call is journaled before the client
+can see it finish.
 """
 
 import logging
 import re
 import time
+from collections.abc import Callable
 
 from .decoding import Decoder, make_decoder
 from .providers.base import StreamReader
@@ -45,6 +48,7 @@ class StreamMeter:
             self.broken = str(e)
         self._drop = drop_usage_chunk and self._decode is None
         self._held = b""
+        self.on_complete: Callable[[], None] | None = None
 
     def __call__(self, data: bytes) -> bytes:
         if self.first_byte_at is None and data:
@@ -56,8 +60,14 @@ class StreamMeter:
             try:
                 self._read(data)
             except Exception as e:  # a bad stream must never break the proxy
-                self.broken = f"{type(e).__name__}: {e}"
+                self.broken = f"{type(e).__name__}: {e}"[:200]
                 logger.warning("stream usage unreadable: %s", self.broken)
+        if self.on_complete is not None and self.reader.complete:
+            done, self.on_complete = self.on_complete, None
+            try:
+                done()
+            except Exception:  # settling is the gateway's; the bytes still go on
+                logger.exception("stream completion hook failed")
         if self._drop:
             return self._release(data)
         return data

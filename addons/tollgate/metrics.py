@@ -27,19 +27,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 OUTCOMES = frozenset({"ok", "blocked", "aborted", "upstream_error"})
+# Refusal reasons admission.py and engine.py give; anything new is counted as other.
 REASONS = frozenset(
-    {
-        "auth",
-        "body",
-        "model",
-        "unpriced",
-        "budget",
-        "rpm",
-        "tpm",
-        "ledger",
-        "config",
-        "internal",
-    }
+    "auth body model unpriced budget rpm tpm ledger config internal".split()
 )
 TOKEN_KINDS = {
     "input": ("input_tokens",),

@@ -1,0 +1,127 @@
+"""Helpers over mitmproxy requests for the addon: bodies, destinations, credentials.
+
+They read and change `http.Request` objects and nothing else; the decisions stay in
+`gateway.py` and the pure modules.
+"""
+
+import ipaddress
+import json
+from typing import Any
+
+from mitmproxy import http
+from mitmproxy.proxy.mode_specs import ReverseMode
+
+from . import providers
+from .admission import Refusal
+from .calls import Call
+from .engine import Engine
+from .identity import CREDENTIAL_HEADERS
+
+GATEWAY_HEADER_PREFIX = "x-tollgate-"
+ANTHROPIC_OAUTH_PREFIX = "sk-ant-oat"
+
+
+def parse_body(message: http.Message) -> dict[str, Any] | None:
+    """The JSON object in a message body, or None (never raises)."""
+    return read_json(message)[0]
+
+
+def read_json(message: http.Message) -> tuple[dict[str, Any] | None, str]:
+    """The JSON object in a message body and its text; (None, "") if there is none."""
+    try:
+        content = message.get_content(strict=False)
+        if not content:
+            return None, ""
+        text = content.decode(json.detect_encoding(content))
+        data = json.loads(text)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None, ""
+    return (data, text) if isinstance(data, dict) else (None, "")
+
+
+def destination_host(request: http.Request) -> str:
+    """Where the request really goes; the Host header only when that is an address.
+
+    In regular and reverse mode `request.host` is the server mitmproxy connects to,
+    while the Host header is whatever the client wrote. Transparent mode only knows
+    an IP address, so there the header is the best name available.
+    """
+    try:
+        ipaddress.ip_address(request.host)
+    except ValueError:
+        return request.host
+    return request.pretty_host
+
+
+def trusted_destination(flow: http.HTTPFlow, extra_hosts: dict[str, str]) -> bool:
+    """True when a provider key may be sent where this request goes.
+
+    Reverse mode sends everything to the upstream the operator configured; other
+    modes go where the client says, so only provider hosts qualify.
+    """
+    if isinstance(flow.client_conn.proxy_mode, ReverseMode):
+        return True
+    host = flow.request.host.lower().rstrip(".")
+    return (
+        host in providers.KNOWN_HOSTS
+        or host in extra_hosts
+        or host.endswith(".openai.azure.com")
+    )
+
+
+def untrusted_refusal(destination: str) -> Refusal:
+    return Refusal(
+        403,
+        "auth",
+        "Tollgate: a Tollgate key is exchanged for a provider key only on requests"
+        f" to that provider, and this one goes to {destination[:100]!r}",
+    )
+
+
+def path_models(call: Call, engine: Engine) -> tuple[str, ...]:
+    """The names the URL gives the model: a Gemini model or an Azure deployment."""
+    named = call.route.path_model
+    if not named:
+        return ()
+    mapped = engine.policy.azure_deployments.get(named)
+    return (named, mapped) if mapped else (named,)
+
+
+def flow_status(flow: http.HTTPFlow) -> int:
+    return flow.response.status_code if flow.response is not None else 502
+
+
+def strip_gateway_headers(request: http.Request) -> None:
+    """Gateway headers and proxy logins never reach the provider."""
+    for name in list(request.headers.keys()):
+        if name.lower().startswith(GATEWAY_HEADER_PREFIX):
+            del request.headers[name]
+    request.headers.pop("proxy-authorization", None)
+
+
+def swap_credential(
+    request: http.Request, secret: str, real: str, provider: str
+) -> None:
+    """Put the provider key wherever the client put its Tollgate key, and only there.
+
+    Anthropic takes API keys in `x-api-key` only (a bearer token there is an OAuth
+    token), so a Tollgate key sent as `ANTHROPIC_AUTH_TOKEN` moves to `x-api-key`.
+    """
+    headers = request.headers
+    for name in CREDENTIAL_HEADERS:
+        value = headers.get(name)
+        if value is None:
+            continue
+        if name == "authorization":
+            scheme, _, token = value.partition(" ")
+            if token.strip() != secret:
+                continue
+            if provider == "anthropic" and not real.startswith(ANTHROPIC_OAUTH_PREFIX):
+                del headers[name]
+                headers["x-api-key"] = real
+            else:
+                headers[name] = f"{scheme} {real}"
+        elif value.strip() == secret:
+            headers[name] = real
+    if request.query.get("key") == secret:
+        request.query["key"] = real
