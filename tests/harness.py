@@ -114,7 +114,9 @@ class Gateway:
         self.port = free_port()
         self.confdir = tmp / "mitmproxy"
         self.log_path = tmp / f"mitmdump-{self.port}.log"
-        args = [MITMDUMP, "--flow-detail", "0", "-s", str(ROOT / "addons" / "budget.py")]
+        options = dict(options or {})
+        detail = options.pop("flow_detail", "0")
+        args = [MITMDUMP, "--flow-detail", detail, "-s", str(ROOT / "addons" / "budget.py")]
         if mode == "reverse":
             args += ["--mode", f"reverse:{upstream.url}"]
         else:
@@ -128,7 +130,7 @@ class Gateway:
         }
         if policy is not None:
             settings["budget_policy"] = str(policy)
-        settings.update(options or {})
+        settings.update(options)
         for name, value in settings.items():
             args += ["--set", f"{name}={value}"]
         environment = {**os.environ, "TOLLGATE_FAKE_UPSTREAM": f"127.0.0.1:{upstream.port}"}

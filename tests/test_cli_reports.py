@@ -330,6 +330,29 @@ def test_view_matches_report_when_queried_inside_ledger_file(
     ]
 
 
+def test_session_view_sums_each_session_when_queried_inside_ledger_file(
+    db: Path,
+) -> None:
+    view = read_rows(
+        db, "SELECT session, calls, cost_usd FROM spend_by_session ORDER BY session"
+    )
+    assert [(s, c, money(u)) for s, c, u in view] == [
+        ("s1", 2, "0.020325"),
+        ("s2", 1, "0.00525"),
+        ("s3", 1, "0.00006"),
+    ]
+
+
+def test_key_view_totals_whole_ledger_when_queried_inside_ledger_file(
+    db: Path,
+) -> None:
+    [(calls, cost)] = read_rows(db, "SELECT sum(calls), sum(cost_usd) FROM spend_by_key")
+    [(all_calls, all_cost)] = read_rows(
+        db, "SELECT count(*), sum(cost_usd) FROM requests"
+    )
+    assert (calls, cost) == (all_calls, all_cost)
+
+
 def test_report_shows_zero_total_when_range_has_no_calls(
     db: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -110,6 +110,7 @@ class Engine:
             for i, budget in enumerate(budgets):
                 kept = old.get(budget.label)
                 if kept is not None and same_definition(kept, budget):
+                    kept.thresholds = budget.thresholds
                     budgets[i] = kept
                 else:
                     fresh.append(budget)
@@ -267,7 +268,11 @@ class Engine:
     def _record(self, row: dict[str, Any], changed: list[ScopeBudget]) -> None:
         self.ledger.append(row)
         for observer in self.observers:
-            observer.on_row(row, changed)
+            try:
+                observer.on_row(row, changed)
+            except Exception:  # metrics or alerts must never cost a recorded call
+                logger.exception("tollgate: %s failed on a ledger row",
+                                 type(observer).__name__)
 
     def _price_as_answered(self, call: Call, response_model: str) -> None:
         """Price by the model the provider says it ran, when that has a price.

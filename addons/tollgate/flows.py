@@ -125,3 +125,13 @@ def swap_credential(
             headers[name] = real
     if request.query.get("key") == secret:
         request.query["key"] = real
+
+
+def move_query_key(request: http.Request) -> None:
+    """Move Gemini's `?key=` into `x-goog-api-key`, where no logged URL shows it."""
+    key = request.query.get("key")
+    if key is None:
+        return
+    del request.query["key"]
+    if "x-goog-api-key" not in request.headers:
+        request.headers["x-goog-api-key"] = key

@@ -24,6 +24,7 @@ from .errors import TollgateError
 from .flows import (
     destination_host,
     flow_status,
+    move_query_key,
     parse_body,
     path_models,
     read_json,
@@ -179,6 +180,8 @@ class BudgetGuard:
             agent=detect_agent(request.headers),
         )
         self._inflight[flow.id] = flow
+        if route.provider == "gemini":
+            move_query_key(request)
         if route.billable:
             request.headers["accept-encoding"] = "identity"
 

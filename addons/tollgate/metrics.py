@@ -29,7 +29,8 @@ logger = logging.getLogger(__name__)
 OUTCOMES = frozenset({"ok", "blocked", "aborted", "upstream_error"})
 # Refusal reasons admission.py and engine.py give; anything new is counted as other.
 REASONS = frozenset(
-    "auth body model unpriced budget rpm tpm ledger config internal".split()
+    "auth body model unpriced unmetered budget rpm tpm ledger config internal"
+    " stopping".split()
 )
 TOKEN_KINDS = {
     "input": ("input_tokens",),

@@ -40,6 +40,7 @@ _TOTALS = """
     sum(output_tokens) AS output_tokens,
     sum(cache_read_tokens) AS cache_read_tokens,
     sum(cache_write_5m_tokens + cache_write_1h_tokens) AS cache_write_tokens,
+    sum(reasoning_tokens) AS reasoning_tokens,
     sum(cost_usd) AS cost_usd"""
 
 VIEWS = {
@@ -54,6 +55,11 @@ VIEWS = {
     " GROUP BY tag ORDER BY cost_usd DESC",
     "spend_daily": f"SELECT CAST(timezone('UTC', ts) AS DATE) AS day, {_TOTALS}"
     " FROM requests GROUP BY ALL ORDER BY day",
+    "spend_by_session": f"SELECT session, agent, user_id, min(ts) AS started,"
+    f" max(ts) AS last_call, {_TOTALS} FROM requests WHERE session IS NOT NULL"
+    " GROUP BY session, agent, user_id ORDER BY cost_usd DESC",
+    "spend_by_key": f"SELECT key_alias, key_fingerprint, user_id, {_TOTALS}"
+    " FROM requests GROUP BY ALL ORDER BY cost_usd DESC",
 }
 
 

@@ -36,7 +36,10 @@ def guarded(
     fake: FakeProvider, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Gateway, int]]:
     tmp = tmp_path_factory.mktemp("security")
-    gateway, metrics = start(tmp, fake, USERS, termlog_verbosity="debug")
+    # flow_detail 1 is mitmdump's default: it logs every request's URL.
+    gateway, metrics = start(
+        tmp, fake, USERS, termlog_verbosity="debug", flow_detail="1"
+    )
     yield gateway, metrics
     gateway.close()
 
@@ -324,3 +327,26 @@ def test_real_key_not_sent_when_forward_proxy_target_is_not_a_provider(
     assert seen["headers"]["x-api-key"] == REAL_KEY  # it went to the provider
     [row] = wait_rows(forward.db, 1, "outcome = 'blocked'")
     assert (row["user_id"], row["reason"], row["status"]) == ("bob", "auth", 403)
+
+
+def test_gemini_key_leaves_the_url_when_sent_as_query_parameter(
+    fake: FakeProvider, tmp_path: Path
+) -> None:
+    real = f"AIza-real-{uuid.uuid4().hex}"
+    gateway, _ = start(tmp_path, fake, extra=f"  gemini: {{api_key: {real}}}\n",
+                       flow_detail="1")
+    try:
+        headers = marker()
+        status, _, _ = call(
+            gateway.port, None, headers=headers,
+            body={"contents": [{"parts": [{"text": "hi"}]}]},
+            path=f"/v1beta/models/gemini-2.5-flash:generateContent?key={KEYS['bob']}",
+        )
+        [seen] = seen_upstream(fake, headers)
+        log = gateway.log_text()
+    finally:
+        gateway.close()
+    assert status == 200
+    assert seen["headers"].get("x-goog-api-key") == real
+    assert "key=" not in seen["path"]
+    assert KEYS["bob"] not in log and real not in log
