@@ -15,7 +15,7 @@ import signal
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     plan = QUICK if args.quick else FULL
     if args.rounds:
-        plan = Plan(args.rounds, plan.load_s, plan.light_s, plan.warm_s)
+        plan = replace(plan, rounds=args.rounds)
     signal.signal(signal.SIGTERM, stop_on_sigterm)
     machine = report.machine_facts()
 

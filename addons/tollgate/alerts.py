@@ -129,14 +129,17 @@ def crossed(budget: ScopeBudget, sent: set[Key]) -> list[Decimal]:
     """Thresholds the budget's spend has reached that were not alerted yet."""
     if budget.limit <= 0 or budget.spent <= 0 or budget.window_start is None:
         return []
-    start = budget.window_start.isoformat()
-    return [
-        t
-        for t in sorted(budget.thresholds)
-        if budget.spent >= t * budget.limit
-        and t not in budget.fired
-        and (budget.label, start, t) not in sent
-    ]
+    found: list[Decimal] = []
+    start = ""
+    for t in sorted(budget.thresholds):
+        if budget.spent < t * budget.limit:
+            break  # higher thresholds are not reached either
+        if t in budget.fired:
+            continue
+        start = start or budget.window_start.isoformat()
+        if (budget.label, start, t) not in sent:
+            found.append(t)
+    return found
 
 
 class SentAlerts:

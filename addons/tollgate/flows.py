@@ -6,6 +6,8 @@ They read and change `http.Request` objects and nothing else; the decisions stay
 
 import ipaddress
 import json
+import re
+from collections.abc import Mapping
 from typing import Any
 
 from mitmproxy import http
@@ -16,14 +18,29 @@ from .admission import Refusal
 from .calls import Call
 from .engine import Engine
 from .identity import CREDENTIAL_HEADERS
+from .requestcheck import load_object
 
 GATEWAY_HEADER_PREFIX = "x-tollgate-"
 ANTHROPIC_OAUTH_PREFIX = "sk-ant-oat"
+_LOOKS_LIKE_IP = re.compile(r"[0-9.]+$|.*:")
+_STRIPPED_HEADERS = (GATEWAY_HEADER_PREFIX.encode(), b"proxy-authorization")
 
 
 def parse_body(message: http.Message) -> dict[str, Any] | None:
     """The JSON object in a message body, or None (never raises)."""
     return read_json(message)[0]
+
+
+def read_request_json(message: http.Message) -> tuple[dict[str, Any] | None, list[str]]:
+    """The JSON object in a request body and the top-level keys it repeats."""
+    try:
+        content = message.get_content(strict=False)
+        if not content:
+            return None, []
+        text = content.decode(json.detect_encoding(content))
+    except (ValueError, UnicodeDecodeError):
+        return None, []
+    return load_object(text)
 
 
 def read_json(message: http.Message) -> tuple[dict[str, Any] | None, str]:
@@ -39,6 +56,24 @@ def read_json(message: http.Message) -> tuple[dict[str, Any] | None, str]:
     return (data, text) if isinstance(data, dict) else (None, "")
 
 
+def header_map(request: http.Request) -> dict[str, str]:
+    """The request's headers by lower-case name, read in one pass.
+
+    Repeated headers are joined with ", " as `Headers.get` does.
+    """
+    found: dict[str, str] = {}
+    for raw_name, raw_value in request.headers.fields:
+        name = raw_name.decode("latin-1").lower()
+        value = raw_value.decode("utf-8", "surrogateescape")
+        found[name] = f"{found[name]}, {value}" if name in found else value
+    return found
+
+
+def query_map(request: http.Request) -> Mapping[str, str]:
+    """The query parameters; parsing is skipped when the URL has none."""
+    return request.query if "?" in request.path else {}
+
+
 def destination_host(request: http.Request) -> str:
     """Where the request really goes; the Host header only when that is an address.
 
@@ -46,10 +81,13 @@ def destination_host(request: http.Request) -> str:
     while the Host header is whatever the client wrote. Transparent mode only knows
     an IP address, so there the header is the best name available.
     """
+    host = request.host
+    if _LOOKS_LIKE_IP.match(host) is None:
+        return host  # a name: no need to parse it as an address
     try:
-        ipaddress.ip_address(request.host)
+        ipaddress.ip_address(host)
     except ValueError:
-        return request.host
+        return host
     return request.pretty_host
 
 
@@ -93,10 +131,14 @@ def flow_status(flow: http.HTTPFlow) -> int:
 
 def strip_gateway_headers(request: http.Request) -> None:
     """Gateway headers and proxy logins never reach the provider."""
-    for name in list(request.headers.keys()):
-        if name.lower().startswith(GATEWAY_HEADER_PREFIX):
-            del request.headers[name]
-    request.headers.pop("proxy-authorization", None)
+    fields = request.headers.fields
+    kept = tuple(
+        (name, value)
+        for name, value in fields
+        if not name.lower().startswith(_STRIPPED_HEADERS)
+    )
+    if len(kept) != len(fields):
+        request.headers.fields = kept
 
 
 def swap_credential(
@@ -108,8 +150,9 @@ def swap_credential(
     token), so a Tollgate key sent as `ANTHROPIC_AUTH_TOKEN` moves to `x-api-key`.
     """
     headers = request.headers
+    present = header_map(request)
     for name in CREDENTIAL_HEADERS:
-        value = headers.get(name)
+        value = present.get(name)
         if value is None:
             continue
         if name == "authorization":
@@ -123,7 +166,7 @@ def swap_credential(
                 headers[name] = f"{scheme} {real}"
         elif value.strip() == secret:
             headers[name] = real
-    if request.query.get("key") == secret:
+    if query_map(request).get("key") == secret:
         request.query["key"] = real
 
 

@@ -24,10 +24,12 @@ from .errors import TollgateError
 from .flows import (
     destination_host,
     flow_status,
+    header_map,
     move_query_key,
     parse_body,
     path_models,
-    read_json,
+    query_map,
+    read_request_json,
     strip_gateway_headers,
     swap_credential,
     trusted_destination,
@@ -167,17 +169,18 @@ class BudgetGuard:
         # Decided before any other addon may re-route the request.
         flow.metadata[TRUSTED] = trusted_destination(flow, engine.policy.hosts)
         flow.metadata[DESTINATION] = request.host
+        headers = header_map(request)
         if route is None:
-            secret = presented_secret(request.headers, request.query)
+            secret = presented_secret(headers, query_map(request))
             if secret is None or not secret.startswith(VIRTUAL_PREFIX):
                 return
-            route = providers.passthrough_route(request.headers)
+            route = providers.passthrough_route(headers)
         started_s = request.timestamp_start or time.time()
         flow.metadata[CALL] = Call(
             route=route,
             started=engine.wall_time(started_s),
             started_s=started_s,
-            agent=detect_agent(request.headers),
+            agent=detect_agent(headers),
         )
         self._inflight[flow.id] = flow
         if route.provider == "gemini":
@@ -249,16 +252,16 @@ class BudgetGuard:
         request = flow.request
         body_bytes = len(request.raw_content or b"")
         body: dict[str, Any] | None = None
-        text = ""
+        repeated: list[str] = []
         if call.route.billable or call.route.endpoint == "count_tokens":
-            body, text = read_json(request)
+            body, repeated = read_request_json(request)
             if body is None and body_bytes:
                 refusal = engine.unreadable_body(call)
                 if refusal is not None:
                     self._refuse(flow, call, engine, refusal)
                     return
         if body is not None and engine.limits_apply():
-            problem = body_problem(body, text, path_models(call, engine))
+            problem = body_problem(body, repeated, path_models(call, engine))
             if problem is not None:
                 refusal = Refusal(400, "body", f"Tollgate: {problem}")
                 self._refuse(flow, call, engine, refusal)
@@ -270,14 +273,15 @@ class BudgetGuard:
             )
         elif call.route.path_model:
             call.facts.model = call.route.path_model
-        header_tags = request.headers.get("x-tollgate-tags", "")
+        headers = header_map(request)
+        header_tags = headers.get("x-tollgate-tags", "")
         call.tags = clean_tags(call.facts.tags + header_tags.split(","))
-        call.session = detect_session(request.headers, call.facts.session)
+        call.session = detect_session(headers, call.facts.session)
 
         proxy_token = self._proxy_tokens.get(flow.client_conn.id)
         if proxy_token is None and "proxyauth" in flow.metadata:
             proxy_token = str(flow.metadata["proxyauth"][1])
-        secret = presented_secret(request.headers, request.query)
+        secret = presented_secret(headers, query_map(request))
         principal = identify(engine.policy, secret, proxy_token)
         refusal = engine.admit(call, principal, body_bytes)
         if refusal is not None:

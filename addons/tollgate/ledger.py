@@ -54,7 +54,7 @@ class Ledger:
         path: Path,
         *,
         batch_rows: int = 500,
-        flush_interval_s: float = 0.25,
+        flush_interval_s: float = 1.0,
         on_state: StateCallback | None = None,
         lock_grace_s: float = LOCK_GRACE_S,
     ) -> None:
@@ -283,7 +283,8 @@ class Ledger:
                      row.get("id"), str(error).splitlines()[0], where)
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
-        return duckdb.connect(str(self.path))
+        # One DuckDB thread: a batch insert needs no more, and the proxy keeps the CPU.
+        return duckdb.connect(str(self.path), config={"threads": 1})
 
     # health, reported once per change
 

@@ -212,6 +212,7 @@ class Metrics:
         self.labels = Labels(engine)
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self.requests = Counter(
             "tollgate_requests",
             "Metered calls by outcome (ok, blocked, aborted, upstream_error)",
@@ -295,16 +296,16 @@ class Metrics:
         provider, model, team, user = self.labels.call(row)
         outcome = row.get("outcome")
         outcome = outcome if outcome in OUTCOMES else OTHER
-        self.requests.labels(provider, model, team, user, outcome).inc()
+        self._child(self.requests, provider, model, team, user, outcome).inc()
         if outcome == "blocked":
             reason = row.get("reason")
-            self.blocked.labels(reason if reason in REASONS else OTHER).inc()
+            self._child(self.blocked, reason if reason in REASONS else OTHER).inc()
             return
 
         for kind, fields in TOKEN_KINDS.items():
             count = sum(int(row.get(name) or 0) for name in fields)
             if count:
-                self.tokens.labels(provider, model, kind).inc(count)
+                self._child(self.tokens, provider, model, kind).inc(count)
         cost = Decimal(str(row.get("cost_usd") or 0))
         if cost:
             self.cost.add((provider, model, team, user), cost)
@@ -312,9 +313,17 @@ class Metrics:
                 self.tag_cost.add((tag,), cost)
 
         if row.get("latency_ms") is not None:
-            self.latency.labels(provider).observe(row["latency_ms"] / 1000)
+            self._child(self.latency, provider).observe(row["latency_ms"] / 1000)
         if row.get("ttft_ms") is not None:
-            self.ttft.labels(provider).observe(row["ttft_ms"] / 1000)
+            self._child(self.ttft, provider).observe(row["ttft_ms"] / 1000)
+
+    def _child(self, family: Any, *values: str) -> Any:
+        """`family.labels(*values)`, looked up once per label set (they are bounded)."""
+        key = (family, values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = family.labels(*values)
+        return child
 
     def on_policy(self, engine: "Engine") -> None:
         """Labels and budget gauges read the engine live; nothing to rebuild."""

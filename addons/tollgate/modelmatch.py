@@ -1,10 +1,12 @@
 """Model allow-list matching on normalised ids, the same resolution pricing uses."""
 
 from fnmatch import fnmatchcase
+from functools import lru_cache
 
 from .pricing import normalize_model
 
 
+@lru_cache(maxsize=8192)
 def model_matches(pattern: str, model: str | None) -> bool:
     """True when `model` (any spelling) is what `pattern` (id or glob) names."""
     if not model:

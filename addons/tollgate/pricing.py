@@ -5,6 +5,7 @@ id (dated snapshot, Bedrock, Vertex, OpenRouter) to one entry, or to None when u
 """
 
 import re
+from functools import lru_cache
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation, localcontext
@@ -219,6 +220,7 @@ def _claude(name: str) -> str:
     return _CLAUDE_ZERO_MINOR.sub(r"\1", name)
 
 
+@lru_cache(maxsize=8192)
 def normalize_model(model: str) -> str:
     """The canonical spelling of a model id, as matched against price-table keys.
 

@@ -24,6 +24,8 @@ _FREE = re.compile(
     r"/v1/files$|/v1/uploads(/.*)?$|/v1/moderations$|/v1/(messages/)?batches/[^/]+/cancel$"
     r"|/v1/responses/[^/]+/cancel$|/v1/chat/completions/[^/]+$|/v1beta/files$"
 )
+_DECODER = json.JSONDecoder()
+_scan_string = json.decoder.scanstring  # type: ignore[attr-defined]
 _MODEL_ID = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no spaces
 # Output limits by provider: every spelling its parser accepts (proto JSON takes
 # snake_case and camelCase, and numbers written as strings).
@@ -61,14 +63,13 @@ def unmetered_reason(method: str, path: str, websocket: bool) -> str | None:
 
 
 def body_problem(
-    body: dict[str, Any], text: str, path_models: tuple[str, ...] = ()
+    body: dict[str, Any], repeated: list[str], path_models: tuple[str, ...] = ()
 ) -> str | None:
     """What makes a parsed body unsafe to admit under limits, or None.
 
     `path_models` are the names the URL gives the model (a Gemini model, an Azure
     deployment and the model it maps to); a body model must be one of them.
     """
-    repeated = repeated_keys(text)
     if repeated:
         return (
             f"the request body repeats the top-level key {repeated[0]!r}; parsers"
@@ -98,27 +99,45 @@ def body_problem(
 
 def repeated_keys(text: str) -> list[str]:
     """Top-level keys that occur more than once in a JSON object text."""
-    decoder = json.JSONDecoder()
-    seen: set[str] = set()
+    return load_object(text)[1]
+
+
+def load_object(text: str) -> tuple[dict[str, Any] | None, list[str]]:
+    """Parse a JSON object in one pass: the object and the top-level keys it repeats.
+
+    The object is what `json.loads` gives (the last of repeated keys wins), or None
+    when the text is not one JSON object.
+    """
+    found: dict[str, Any] = {}
     repeated: list[str] = []
     try:
         i = _skip(text, 0)
         if text[i] != "{":
-            return []
+            return None, []
         i = _skip(text, i + 1)
         while text[i] != "}":
-            key, i = json.decoder.scanstring(text, i + 1)  # type: ignore[attr-defined]
-            i = _skip(text, _skip(text, i) + 1)  # past the colon
-            _, i = decoder.raw_decode(text, i)
-            if key in seen and key not in repeated:
+            if text[i] != '"':
+                return None, []
+            key, i = _scan_string(text, i + 1)
+            i = _skip(text, i)
+            if text[i] != ":":
+                return None, []
+            value, i = _DECODER.raw_decode(text, _skip(text, i + 1))
+            if key in found and key not in repeated:
                 repeated.append(key)
-            seen.add(key)
+            found[key] = value
             i = _skip(text, i)
             if text[i] == ",":
                 i = _skip(text, i + 1)
+                if text[i] == "}":
+                    return None, []  # a trailing comma
+            elif text[i] != "}":
+                return None, []
     except (ValueError, IndexError, RecursionError):
-        return repeated
-    return repeated
+        return None, []
+    if text[i + 1 :].strip(" \t\r\n"):
+        return None, []
+    return found, repeated
 
 
 def widest_output_limit(
