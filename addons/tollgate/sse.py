@@ -27,8 +27,14 @@ class SSEDecoder:
         if self._pending_cr and chunk.startswith(b"\n"):
             chunk = chunk[1:]
         self._pending_cr = False
-        data = self._buffer + chunk
+        data = self._buffer + chunk if self._buffer else chunk
         events: list[Event] = []
+        if b"\r" not in data:  # the usual case: lines end in LF alone
+            lines = data.split(b"\n")
+            self._buffer = lines.pop()
+            for line in lines:
+                self._line(line, events)
+            return events
         start = 0
         size = len(data)
         while start < size:
@@ -63,6 +69,10 @@ class SSEDecoder:
             if self._data:
                 events.append(Event(self._event or "message", "\n".join(self._data)))
             self._event, self._data = "", []
+            return
+        if raw.startswith(b"data:"):
+            value = raw[6:] if raw.startswith(b"data: ") else raw[5:]
+            self._data.append(value.decode("utf-8", "replace"))
             return
         line = raw.decode("utf-8", "replace")
         if line.startswith(":"):
