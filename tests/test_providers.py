@@ -7,6 +7,7 @@ import pytest
 
 from tollgate import providers
 from tollgate.providers import Route
+from tollgate.providers import anthropic as anthropic_provider
 from tollgate.providers.anthropic import session_from_user_id
 from tollgate.providers.gemini import JsonArraySplitter
 from tollgate.sse import SSEDecoder
@@ -299,3 +300,24 @@ def test_error_body_has_provider_shape_when_gateway_refuses(provider: str) -> No
         },
     }[provider]
     assert (status, data) == (402, expected)
+
+
+@pytest.mark.parametrize(
+    ("data", "chars"),
+    [
+        ('{"type":"content_block_delta","index":0,'
+         '"delta":{"type":"text_delta","text":"Hello"}}', 5),
+        ('{"type": "content_block_delta", "index": 0,'
+         ' "delta": {"type": "thinking_delta", "thinking": "ab\\ncd"}}', 6),
+        ('{"type":"content_block_delta","index":1,'
+         '"delta":{"type":"input_json_delta","partial_json":"{\\"a\\""}}', 6),
+        ('{"type":"content_block_delta","index":0,'
+         '"delta":{"type":"signature_delta","signature":"abc"}}', 0),
+    ],
+    ids=["text", "thinking-spaced", "tool-json", "signature"],
+)
+def test_delta_text_measured_without_parsing_when_event_is_a_content_delta(
+    data: str, chars: int
+) -> None:
+    # An escape counts as the characters it is written with: an estimate.
+    assert anthropic_provider.delta_text_length(data) == chars

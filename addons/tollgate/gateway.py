@@ -6,6 +6,7 @@ calls in flight finish (up to `budget_drain_s`) before the ledger is closed.
 """
 
 import asyncio
+import gc
 import json
 import logging
 import time
@@ -116,6 +117,9 @@ class BudgetGuard:
     def running(self) -> None:
         if self.engine is not None:
             self.engine.start_background()
+        # What exists at start (policy, prices, mitmproxy) lives as long as the
+        # process: keep it out of the collector's passes, which then stay short.
+        gc.freeze()
 
     async def done(self) -> None:
         engine = self.engine

@@ -37,10 +37,18 @@ class Usage:
         return self.prompt_tokens + self.output_tokens
 
 
+MAX_COUNT = 10**12
+
+
 def count(value: object) -> int:
     """A token count from untrusted JSON: non-negative int, anything else is 0."""
     if isinstance(value, bool) or not isinstance(value, int):
         if isinstance(value, float) and value.is_integer() and value >= 0:
-            return min(int(value), 10**12)
+            return min(int(value), MAX_COUNT)
         return 0
-    return min(max(value, 0), 10**12)
+    return min(max(value, 0), MAX_COUNT)
+
+
+def total(*counts: int) -> int:
+    """A sum of counts, held to the same bound as each count."""
+    return min(sum(counts), MAX_COUNT)

@@ -338,6 +338,8 @@ def test_concurrent_streams_stay_under_cap_when_reservations_hold(
         gateway.close()
     spent = sum((r["cost_usd"] for r in rows), Decimal(0))
     admitted = statuses.count(200)
+    print(f"\nFIGURES concurrency: calls=20 admitted={admitted} spent={spent}"
+          f" cap={cap} overshoot={max(spent - cap, Decimal(0))}")
     assert statuses.count(402) == 20 - admitted
     assert 1 <= admitted <= 5
     assert spent == Decimal("0.00462") * admitted <= cap

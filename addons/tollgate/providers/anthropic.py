@@ -1,8 +1,10 @@
 """Anthropic Messages API: request facts, usage from bodies and streams, errors."""
 
 import json
+import re
 from typing import Any
 
+from ..sse import Event
 from ..usage import Usage, count
 from .base import (
     RequestFacts,
@@ -29,6 +31,8 @@ ERROR_TYPES = {
     503: "api_error",
     529: "overloaded_error",
 }
+
+_DELTA_TEXT = re.compile(r'"(?:text|thinking|partial_json)"\s*:\s*"')
 
 
 def match(path: str) -> Route | None:
@@ -109,6 +113,14 @@ def usage_from_body(route: Route, body: object) -> tuple[Usage | None, str | Non
 class Reader(StreamReader):
     """message_start gives input and cache counts; message_delta is cumulative."""
 
+    def on_event(self, event: Event) -> None:
+        if event.event == "content_block_delta":
+            # Most events of a stream carry only text: measured, never parsed.
+            self.events += 1
+            self.text_chars += delta_text_length(event.data)
+            return
+        super().on_event(event)
+
     def on_payload(self, name: str, payload: dict[str, Any]) -> None:
         kind = payload.get("type")
         if kind == "message_start":
@@ -135,3 +147,11 @@ def error_body(status: int, message: str) -> tuple[int, bytes]:
     return json_error(
         status, {"type": "error", "error": {"type": kind, "message": message}}
     )
+
+
+def delta_text_length(data: str) -> int:
+    """About how many characters of text a content_block_delta event carries."""
+    found = _DELTA_TEXT.search(data)
+    if found is None:
+        return 0
+    return max(len(data.rstrip()) - found.end() - len('"}}'), 0)

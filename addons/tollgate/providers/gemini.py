@@ -4,7 +4,7 @@ import json
 from typing import Any
 from urllib.parse import unquote
 
-from ..usage import Usage, count
+from ..usage import Usage, count, total
 from .base import RequestFacts, Route, StreamReader, as_dict, as_int, as_str, json_error
 
 NAME = "gemini"
@@ -52,9 +52,9 @@ def usage_from(raw: object) -> Usage | None:
     cached = min(count(data.get("cachedContentTokenCount")), prompt)
     thoughts = count(data.get("thoughtsTokenCount"))
     return Usage(
-        input_tokens=prompt - cached + count(data.get("toolUsePromptTokenCount")),
+        input_tokens=total(prompt - cached, count(data.get("toolUsePromptTokenCount"))),
         cache_read_tokens=cached,
-        output_tokens=count(data.get("candidatesTokenCount")) + thoughts,
+        output_tokens=total(count(data.get("candidatesTokenCount")), thoughts),
         reasoning_tokens=thoughts,
     )
 
