@@ -25,7 +25,7 @@ VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
 
 
 def ensure_environment() -> None:
-    """Re-run under the project's .venv when this Python lacks the gateway's packages."""
+    """Re-run under the project's .venv when this Python lacks the gateway."""
     try:
         import duckdb  # noqa: F401
         import mitmproxy  # noqa: F401
@@ -125,7 +125,10 @@ class Bench:
         self.processes.append(fake)
         self.policy = procs.write_policy(self.tmp, self.args.users, self.args.teams)
         bare, bare_port = procs.start_mitmdump(
-            "mitmdump-b", upstream, self.tmp, {},
+            "mitmdump-b",
+            upstream,
+            self.tmp,
+            {},
             ROOT / "scripts" / "bench_stream_addon.py",
         )
         self.processes.append(bare)
@@ -166,13 +169,18 @@ class Bench:
         """One small call per path must answer 200, or the run stops here."""
         for path, target in self.targets.items():
             result = load.run_phase(
-                target.port, self.workloads["small"], self.heads[("small", path)],
-                concurrency=1, max_calls=1, duration_s=30,
+                target.port,
+                self.workloads["small"],
+                self.heads[("small", path)],
+                concurrency=1,
+                max_calls=1,
+                duration_s=30,
             )
             target.sent += result.calls + result.errors
             if result.statuses != {200: 1}:
                 raise RuntimeError(
-                    f"({path}) answered {result.statuses or 'nothing'} to a plain call:\n"
+                    f"({path}) answered {result.statuses or 'nothing'}"
+                    " to a plain call:\n"
                     f"{target.proc.log_tail()}"
                 )
 
@@ -181,7 +189,9 @@ class Bench:
             try:
                 proc.stop()
             except OSError as e:
-                print(f"warning: stopping {proc.name} ({proc.pid}): {e}", file=sys.stderr)
+                print(
+                    f"warning: stopping {proc.name} ({proc.pid}): {e}", file=sys.stderr
+                )
         self.processes.clear()
 
     # measuring
@@ -189,15 +199,21 @@ class Bench:
     def remaining_s(self) -> float:
         return self.deadline - time.monotonic()
 
-    def phase(self, path: str, spec: PhaseSpec, max_calls: int = 10**7) -> dict[str, Any]:
+    def phase(
+        self, path: str, spec: PhaseSpec, max_calls: int = 10**7
+    ) -> dict[str, Any]:
         """Run one phase on one path; its record (samples kept aside for pooling)."""
         target = self.targets[path]
         workload = self.workloads[spec.workload]
         duration = max(min(spec.duration_s, self.remaining_s()), 0.1)
         cpu_before = target.proc.cpu_s()
         result = load.run_phase(
-            target.port, workload, self.heads[(spec.workload, path)],
-            concurrency=spec.concurrency, max_calls=max_calls, duration_s=duration,
+            target.port,
+            workload,
+            self.heads[(spec.workload, path)],
+            concurrency=spec.concurrency,
+            max_calls=max_calls,
+            duration_s=duration,
         )
         cpu = target.proc.cpu_s() - cpu_before
         target.sent += result.calls + result.errors
@@ -225,8 +241,9 @@ class Bench:
             pooled.setdefault(name, []).extend(values)
         if path in self.metrics_ports and spec.concurrency > 1:
             probe = self.drain(path)
-            probe.update(phase=spec.key, round=round_no,
-                         rate=result_record["throughput"])
+            probe.update(
+                phase=spec.key, round=round_no, rate=result_record["throughput"]
+            )
             self.run.ledger_probes.setdefault(path, []).append(probe)
 
     def drain(self, path: str, timeout_s: float = 30.0) -> dict[str, Any]:
@@ -248,10 +265,14 @@ class Bench:
     def sample_memory(self, label: str, paths: tuple[str, ...] = ()) -> None:
         for path in paths or self.paths[1:]:
             target = self.targets[path]
-            self.run.memory.append({
-                "path": path, "at": label, "calls": target.sent,
-                "rss_mb": round(target.proc.rss_mb(), 1),
-            })
+            self.run.memory.append(
+                {
+                    "path": path,
+                    "at": label,
+                    "calls": target.sent,
+                    "rss_mb": round(target.proc.rss_mb(), 1),
+                }
+            )
 
     def memory_check(self, path: str, calls: int, steps: int) -> None:
         """Small calls in `steps` equal parts, with RSS after each part."""
@@ -263,7 +284,9 @@ class Bench:
         self.sample_memory("memory 0", (path,))
         for n in range(1, steps + 1):
             if self.remaining_s() < 1:
-                self.run.extra["stopped_early"] = f"time limit in the memory check of {path}"
+                self.run.extra["stopped_early"] = (
+                    f"time limit in the memory check of {path}"
+                )
                 return
             began = time.monotonic()
             result = self.phase(path, spec, max_calls=step)
@@ -273,8 +296,11 @@ class Bench:
                 probe.update(phase="memory", rate=result["throughput"])
                 self.run.ledger_probes.setdefault(path, []).append(probe)
             if steps > 2:
-                print(f"({path}) {n * step} calls, RSS {self.run.memory[-1]['rss_mb']} MB"
-                      f" ({time.monotonic() - began:.0f} s)", flush=True)
+                print(
+                    f"({path}) {n * step} calls, RSS {self.run.memory[-1]['rss_mb']} MB"
+                    f" ({time.monotonic() - began:.0f} s)",
+                    flush=True,
+                )
 
     # the two modes
 
@@ -292,8 +318,11 @@ class Bench:
             for spec in plan.phases():
                 for path in order:
                     self.record(spec, path, round_no)
-            print(f"round {round_no}/{plan.rounds} done"
-                  f" ({time.monotonic() - self.started:.0f} s)", flush=True)
+            print(
+                f"round {round_no}/{plan.rounds} done"
+                f" ({time.monotonic() - self.started:.0f} s)",
+                flush=True,
+            )
         self.finish_ledger()
 
     def run_leak(self, total_calls: int) -> None:
@@ -325,22 +354,38 @@ class Bench:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="2 short rounds, about a minute")
-    parser.add_argument("--leak", action="store_true",
-                        help="only the memory check: --leak-calls small calls"
-                        " through (c), RSS every 10,000")
+    parser.add_argument(
+        "--quick", action="store_true", help="2 short rounds, about a minute"
+    )
+    parser.add_argument(
+        "--leak",
+        action="store_true",
+        help="only the memory check: --leak-calls small calls"
+        " through (c), RSS every 10,000",
+    )
     parser.add_argument("--leak-calls", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, help="rounds of (a, b, c) per load")
-    parser.add_argument("--json", type=Path, default=ROOT / "bench-results.json",
-                        help="where the figures go (default: bench-results.json)")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=ROOT / "bench-results.json",
+        help="where the figures go (default: bench-results.json)",
+    )
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--teams", type=int, default=50)
-    parser.add_argument("--max-seconds", type=float, default=900.0,
-                        help="stop starting new load after this long")
-    parser.add_argument("--compare", type=Path, metavar="BUDGET_PY",
-                        help="also measure (d): the gateway from another checkout,"
-                        " e.g. ../other/addons/budget.py, interleaved with (c)")
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=900.0,
+        help="stop starting new load after this long",
+    )
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        metavar="BUDGET_PY",
+        help="also measure (d): the gateway from another checkout,"
+        " e.g. ../other/addons/budget.py, interleaved with (c)",
+    )
     return parser.parse_args(argv)
 
 

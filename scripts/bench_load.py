@@ -63,7 +63,9 @@ def anthropic_workloads(
     return {
         "small": Workload("small", small, (*common, usage)),
         "stream": Workload("stream", stream, (*common, usage, *paced), token),
-        "stream-burst": Workload("stream-burst", stream, (*common, usage, *burst), token),
+        "stream-burst": Workload(
+            "stream-burst", stream, (*common, usage, *burst), token
+        ),
         "large": Workload("large", large_context_body(large_bytes), (*common, usage)),
     }
 
@@ -89,8 +91,11 @@ def large_context_body(target_bytes: int) -> bytes:
         used += len(text) + 120
         turn += 1
         if turn % 2:
-            block = {"type": "tool_result", "tool_use_id": f"toolu_{turn:06d}",
-                     "content": [{"type": "text", "text": text}]}
+            block = {
+                "type": "tool_result",
+                "tool_use_id": f"toolu_{turn:06d}",
+                "content": [{"type": "text", "text": text}],
+            }
             messages.append({"role": "user", "content": [block]})
         else:
             reply = [{"type": "text", "text": text}]
@@ -204,7 +209,9 @@ class Phase:
         try:
             while (head := self._next_head()) is not None:
                 if writer is None:
-                    reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                    reader, writer = await asyncio.open_connection(
+                        "127.0.0.1", self.port
+                    )
                 assert reader is not None
                 if not await self._call(reader, writer, head):
                     writer.close()
@@ -225,8 +232,15 @@ class Phase:
             async with asyncio.timeout(CALL_TIMEOUT_S):
                 answer = read_answer(reader, self.workload.first_token, sent)
                 status, first, keep = await answer
-        except (OSError, ValueError, EOFError, ProtocolError, TimeoutError,
-                asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+        except (
+            OSError,
+            ValueError,
+            EOFError,
+            ProtocolError,
+            TimeoutError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+        ):
             result.errors += 1
             return False
         result.calls += 1
@@ -250,8 +264,12 @@ def run_phase(
 ) -> PhaseResult:
     """Run one bounded phase to completion in a fresh event loop."""
     phase = Phase(
-        port, workload, heads,
-        concurrency=concurrency, max_calls=max_calls, duration_s=duration_s,
+        port,
+        workload,
+        heads,
+        concurrency=concurrency,
+        max_calls=max_calls,
+        duration_s=duration_s,
     )
     return asyncio.run(phase.run())
 

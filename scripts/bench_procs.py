@@ -39,8 +39,10 @@ def venv_tool(name: str) -> str:
         found = Path(folder) / name
         if found.exists():
             return str(found)
-    raise SystemExit(f"Error: {name} not found beside {sys.executable} or on PATH"
-                     " - run the README's install command first")
+    raise SystemExit(
+        f"Error: {name} not found beside {sys.executable} or on PATH"
+        " - run the README's install command first"
+    )
 
 
 class Proc:
@@ -51,8 +53,11 @@ class Proc:
         self.log_path = log
         self._log = open(log, "wb")
         self.popen = subprocess.Popen(
-            args, stdout=kw.pop("stdout", self._log), stderr=subprocess.STDOUT,
-            start_new_session=True, **kw,  # type: ignore[call-overload]
+            args,
+            stdout=kw.pop("stdout", self._log),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            **kw,  # type: ignore[call-overload]
         )
         self.pid = self.popen.pid
 
@@ -107,11 +112,23 @@ def start_mitmdump(
     """mitmdump in reverse mode in front of `upstream`; (process, listen port)."""
     port = free_port()
     args = [
-        venv_tool("mitmdump"), "--mode", f"reverse:http://127.0.0.1:{upstream}",
-        "--listen-host", "127.0.0.1", "--listen-port", str(port), "--flow-detail", "0",
-        "-s", str(script),
+        venv_tool("mitmdump"),
+        "--mode",
+        f"reverse:http://127.0.0.1:{upstream}",
+        "--listen-host",
+        "127.0.0.1",
+        "--listen-port",
+        str(port),
+        "--flow-detail",
+        "0",
+        "-s",
+        str(script),
     ]
-    options = {"confdir": str(tmp / "mitmproxy"), "termlog_verbosity": "warn", **settings}
+    options = {
+        "confdir": str(tmp / "mitmproxy"),
+        "termlog_verbosity": "warn",
+        **settings,
+    }
     for key, value in options.items():
         args += ["--set", f"{key}={value}"]
     proc = Proc(name, args, tmp / f"{name}.log")
@@ -148,24 +165,41 @@ def write_policy(tmp: Path, users: int, teams: int) -> BenchPolicy:
     """A policy with limits on every level that no benchmark call can reach."""
     keys = [f"tg-bench-{i:04d}-{secrets.token_hex(12)}" for i in range(users)]
     lines = [
-        "version: 1", "timezone: UTC", "unknown_callers: refuse",
-        "allow_unpriced_models: false", "on_ledger_error: keep_serving",
+        "version: 1",
+        "timezone: UTC",
+        "unknown_callers: refuse",
+        "allow_unpriced_models: false",
+        "on_ledger_error: keep_serving",
         "alert_thresholds: [0.5, 0.8, 1.0]",
-        "providers:", "  anthropic:", "    api_key: sk-ant-bench-upstream",
-        "org:", *_limits("  ", 10**9, "1mo"), "teams:",
+        "providers:",
+        "  anthropic:",
+        "    api_key: sk-ant-bench-upstream",
+        "org:",
+        *_limits("  ", 10**9, "1mo"),
+        "teams:",
     ]
     for t in range(teams):
-        lines += [f"  team-{t:02d}:", *_limits("    ", 10**8, "1mo"),
-                  f"    models: {MODEL_LIST}"]
+        lines += [
+            f"  team-{t:02d}:",
+            *_limits("    ", 10**8, "1mo"),
+            f"    models: {MODEL_LIST}",
+        ]
     lines.append("users:")
     for u in range(users):
-        lines += [f"  user-{u:04d}:", f"    team: team-{u % teams:02d}",
-                  *_limits("    ", 10**7, "1d")]
+        lines += [
+            f"  user-{u:04d}:",
+            f"    team: team-{u % teams:02d}",
+            *_limits("    ", 10**7, "1d"),
+        ]
     lines.append("keys:")
     for u, key in enumerate(keys):
         digest = hashlib.sha256(key.encode()).hexdigest()
-        lines += [f"  - key_alias: user-{u:04d}-cli", f"    user: user-{u:04d}",
-                  f"    key_sha256: {digest}", *_limits("    ", 10**6, "1w")]
+        lines += [
+            f"  - key_alias: user-{u:04d}-cli",
+            f"    user: user-{u:04d}",
+            f"    key_sha256: {digest}",
+            *_limits("    ", 10**6, "1w"),
+        ]
     lines += ["tags:", "  project:bench:", *_limits("    ", 10**9, "1mo")]
     path = tmp / "policy.yaml"
     path.write_text("\n".join(lines) + "\n")
@@ -174,7 +208,8 @@ def write_policy(tmp: Path, users: int, teams: int) -> BenchPolicy:
 
 def _limits(indent: str, budget: int, duration: str) -> list[str]:
     return [
-        f"{indent}max_budget: {budget}", f"{indent}budget_duration: {duration}",
+        f"{indent}max_budget: {budget}",
+        f"{indent}budget_duration: {duration}",
         *(f"{indent}{name}: {value}" for name, value in NEVER.items()),
     ]
 

@@ -79,7 +79,9 @@ def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def metrics_summary(found: dict[str, float], wall_ms: float, cpu_ms: float) -> dict[str, Any]:
+def metrics_summary(
+    found: dict[str, float], wall_ms: float, cpu_ms: float
+) -> dict[str, Any]:
     """The addon's self-reported hook time and what one /metrics scrape costs."""
     count = found.get("tollgate_gateway_overhead_seconds_count", 0.0)
     total = found.get("tollgate_gateway_overhead_seconds_sum", 0.0)
@@ -96,16 +98,21 @@ def metrics_summary(found: dict[str, float], wall_ms: float, cpu_ms: float) -> d
 # summary
 
 
-def summarize(run: Any, machine: dict[str, Any], mode: str, args: Any) -> dict[str, Any]:
+def summarize(
+    run: Any, machine: dict[str, Any], mode: str, args: Any
+) -> dict[str, Any]:
     phases = {
-        key: _phase_summary(key, paths, run.samples) for key, paths in run.records.items()
+        key: _phase_summary(key, paths, run.samples)
+        for key, paths in run.records.items()
     }
     gateways = [path for path in ("c", "d") if path in run.ledger]
     summary: dict[str, Any] = {
         "mode": mode,
         "machine": machine,
         "config": {
-            "users": args.users, "teams": args.teams, "keys": args.users,
+            "users": args.users,
+            "teams": args.teams,
+            "keys": args.users,
             "compare": str(args.compare) if args.compare else None,
         },
         "gateways": gateways,
@@ -144,7 +151,9 @@ def _phase_summary(
         if "b" not in paths or gateway not in paths:
             continue
         pairs = zip(paths["b"], paths[gateway], strict=False)
-        ratios = [g["throughput"] / b["throughput"] for b, g in pairs if b["throughput"]]
+        ratios = [
+            g["throughput"] / b["throughput"] for b, g in pairs if b["throughput"]
+        ]
         ratio = round(statistics.median(ratios), 3) if ratios else None
         found[f"{gateway}/b_throughput"] = ratio
         found[f"{gateway}/b_throughput_rounds"] = [round(r, 3) for r in ratios]
@@ -195,7 +204,9 @@ def _memory_summary(samples: list[dict[str, Any]]) -> dict[str, Any]:
             "calls": calls,
             "growth_mb": round(growth, 1),
             "per_10k_mb": round(growth / calls * 10_000, 2),
-            "late_per_10k_mb": round(late / late_calls * 10_000, 2) if late_calls else None,
+            "late_per_10k_mb": round(late / late_calls * 10_000, 2)
+            if late_calls
+            else None,
         }
     return found
 
@@ -208,8 +219,14 @@ def _targets(summary: dict[str, Any], mode: str, path: str) -> list[dict[str, An
     found: list[dict[str, Any]] = []
     for key in ("small x16", "stream x32", "large x4"):
         ratio = phases.get(key, {}).get(f"{path}/b_throughput")
-        found.append(_target(f"throughput {key}, gateway/(b) >= 0.90", ratio, "",
-                             ratio is not None and ratio >= TARGET_RATIO))
+        found.append(
+            _target(
+                f"throughput {key}, gateway/(b) >= 0.90",
+                ratio,
+                "",
+                ratio is not None and ratio >= TARGET_RATIO,
+            )
+        )
     for key, figure, limit, label in (
         ("small x1", "p50_ms", 1.0, "added p50 latency, small x1 < 1 ms"),
         ("small x1", "p99_ms", 3.0, "added p99 latency, small x1 < 3 ms"),
@@ -318,13 +335,17 @@ def _phase_table(phases: dict[str, Any], gateways: list[str]) -> list[str]:
         first = True
         for label, figure in ROWS:
             values = [phase.get(p, {}).get(figure) for p in paths]
-            if all(v is None for v in values) or (figure == "errors" and not any(values)):
+            if all(v is None for v in values) or (
+                figure == "errors" and not any(values)
+            ):
                 continue
             if figure == "cpu_us_per_call":
                 values[0] = None  # (a) has no gateway
             cells = "".join(_cell(v, 9) for v in values)
             for gateway in gateways:
-                cells += _comparison(phase, figure, values[1], phase.get(gateway, {}), gateway)
+                cells += _comparison(
+                    phase, figure, values[1], phase.get(gateway, {}), gateway
+                )
             lines.append(f"{key if first else '':<11}{label:<20}{cells}")
             first = False
     return lines

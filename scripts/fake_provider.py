@@ -736,8 +736,12 @@ def _anthropic_model_list() -> dict[str, Any]:
         {"type": "model", "id": mid, "display_name": name, "created_at": created}
         for mid, name, created in ANTHROPIC_MODELS
     ]
-    return {"data": data, "has_more": False, "first_id": data[0]["id"],
-            "last_id": data[-1]["id"]}
+    return {
+        "data": data,
+        "has_more": False,
+        "first_id": data[0]["id"],
+        "last_id": data[-1]["id"],
+    }
 
 
 def _openai_model_list() -> dict[str, Any]:
@@ -835,8 +839,12 @@ def chat_events(call: Call, model: str, azure: bool) -> Iterator[bytes]:
     for piece in pieces:
         yield chunk({"content": piece})
     if fails:
-        error = {"message": "The server had an error while processing your request.",
-                 "type": "server_error", "param": None, "code": None}
+        error = {
+            "message": "The server had an error while processing your request.",
+            "type": "server_error",
+            "param": None,
+            "code": None,
+        }
         yield _data_line({"error": error})
         return
     yield chunk({}, "stop")
@@ -961,8 +969,11 @@ def responses_events(call: Call, model: str) -> Iterator[bytes]:
     pending = _response_object(call, model, "in_progress")
     yield event("response.created", response=pending)
     yield event("response.in_progress", response=pending)
-    yield event("response.output_item.added", output_index=0,
-                item=_output_message(call, "in_progress", None))
+    yield event(
+        "response.output_item.added",
+        output_index=0,
+        item=_output_message(call, "in_progress", None),
+    )
     yield event("response.content_part.added", **where, part=_output_text(""))
     for piece in pieces:
         yield event("response.output_text.delta", **where, delta=piece, logprobs=[])
@@ -972,8 +983,11 @@ def responses_events(call: Call, model: str) -> Iterator[bytes]:
     text = "".join(pieces)
     yield event("response.output_text.done", **where, text=text, logprobs=[])
     yield event("response.content_part.done", **where, part=_output_text(text))
-    yield event("response.output_item.done", output_index=0,
-                item=_output_message(call, "completed", text))
+    yield event(
+        "response.output_item.done",
+        output_index=0,
+        item=_output_message(call, "completed", text),
+    )
     yield event("response.completed", response=_completed_response(call, model, text))
 
 
@@ -981,8 +995,12 @@ def _responses_failure(
     call: Call, model: str, event: Callable[..., bytes]
 ) -> Iterator[bytes]:
     message = "The server had an error while processing your request."
-    error = {"type": "server_error", "code": "server_error", "message": message,
-             "param": None}
+    error = {
+        "type": "server_error",
+        "code": "server_error",
+        "message": message,
+        "param": None,
+    }
     yield event("error", error=error)
     failed = _response_object(
         call, model, "failed", error={"code": "server_error", "message": message}
@@ -1169,7 +1187,7 @@ GEMINI_HANDLERS = {
 
 
 def _gemini_model(resource: str) -> str:
-    return resource[len("models/"):] if resource.startswith("models/") else resource
+    return resource[len("models/") :] if resource.startswith("models/") else resource
 
 
 def _provider_for_models(request: Request) -> str:
@@ -1183,7 +1201,7 @@ def find_route(request: Request) -> Route | None:
     """The route for a request, or None (404)."""
     path = request.path
     if path.startswith("/openai/v1/"):
-        path = path[len("/openai"):]
+        path = path[len("/openai") :]
     static = STATIC_ROUTES.get((request.method, path))
     if static is not None:
         provider = static[0]
@@ -1233,14 +1251,16 @@ class RequestLog:
         size = len(request.body)
         body = payload if size < LOG_MAX_BODY_BYTES else f"<{size} bytes>"
         self.count += 1
-        self._entries.append({
-            "seq": self.count,
-            "method": request.method,
-            "path": request.target,
-            "headers": dict(request.headers),
-            "body": body,
-            "body_bytes": size,
-        })
+        self._entries.append(
+            {
+                "seq": self.count,
+                "method": request.method,
+                "path": request.target,
+                "headers": dict(request.headers),
+                "body": body,
+                "body_bytes": size,
+            }
+        )
 
     def snapshot(self) -> dict[str, Any]:
         return {"count": self.count, "requests": list(self._entries)}
@@ -1290,8 +1310,11 @@ class FakeProvider:
     async def _refuse(self, writer: asyncio.StreamWriter, exc: HttpError) -> None:
         error = {"type": "bad_request", "message": str(exc)}
         body = _compact({"error": error}).encode()
-        headers = [("content-type", "application/json"),
-                   ("content-length", str(len(body))), ("connection", "close")]
+        headers = [
+            ("content-type", "application/json"),
+            ("content-length", str(len(body))),
+            ("connection", "close"),
+        ]
         try:
             writer.write(_head_bytes(exc.status, headers) + body)
             await writer.drain()
@@ -1433,7 +1456,11 @@ async def start(
     """Start listening in the running event loop; (server, bound port)."""
     provider = FakeProvider(settings)
     server = await asyncio.start_server(
-        provider.handle_connection, host, port, limit=MAX_HEAD_BYTES, ssl=tls,
+        provider.handle_connection,
+        host,
+        port,
+        limit=MAX_HEAD_BYTES,
+        ssl=tls,
         backlog=1024,
     )
     bound = int(server.sockets[0].getsockname()[1])
@@ -1517,10 +1544,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    parser.add_argument("--delay-ms", type=int, default=0,
-                        help="default delay between stream events")
-    parser.add_argument("--usage", type=_usage_arg, default=DEFAULT_USAGE,
-                        help="default usage, e.g. input=100,output=20")
+    parser.add_argument(
+        "--delay-ms", type=int, default=0, help="default delay between stream events"
+    )
+    parser.add_argument(
+        "--usage",
+        type=_usage_arg,
+        default=DEFAULT_USAGE,
+        help="default usage, e.g. input=100,output=20",
+    )
     parser.add_argument("--tls-cert", help="PEM certificate (serve https)")
     parser.add_argument("--tls-key", help="PEM private key for --tls-cert")
     parser.add_argument("--log-level", default="WARNING")
@@ -1530,7 +1562,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(
-        level=args.log_level.upper(), stream=sys.stderr,
+        level=args.log_level.upper(),
+        stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     return asyncio.run(serve(args))

@@ -12,6 +12,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from harness import FakeProvider  # noqa: E402
 
+pytest_plugins = ["faultkit"]  # its fixtures (small_disk) for every test module
+
 FIXTURES = ROOT / "tests" / "fixtures"
 
 

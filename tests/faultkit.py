@@ -78,7 +78,9 @@ class SmallDisk:
         self.path = where
         where.mkdir(parents=True, exist_ok=True)
         self.filler = where / "filler"
-        self._run("mount", "-t", "tmpfs", "-o", f"size={size_mib}m", "tmpfs", str(where))
+        self._run(
+            "mount", "-t", "tmpfs", "-o", f"size={size_mib}m", "tmpfs", str(where)
+        )
 
     def fill(self) -> None:
         """Write zeros until the file system says it is full."""

@@ -21,7 +21,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 MITMDUMP = str(VENV_BIN / "mitmdump")
-SDK_PYTHON = os.environ.get("TOLLGATE_SDK_PYTHON", str(ROOT / ".venv-sdk" / "bin" / "python"))
+SDK_PYTHON = os.environ.get(
+    "TOLLGATE_SDK_PYTHON", str(ROOT / ".venv-sdk" / "bin" / "python")
+)
 ROUTE_ADDON = ROOT / "tests" / "e2e" / "route_to_fake.py"
 
 
@@ -67,7 +69,13 @@ def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
 class FakeProvider:
     def __init__(self, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "scripts" / "fake_provider.py"), "--port", "0", *args],
+            [
+                sys.executable,
+                str(ROOT / "scripts" / "fake_provider.py"),
+                "--port",
+                "0",
+                *args,
+            ],
             stdout=subprocess.PIPE,
         )
         assert self.proc.stdout is not None
@@ -85,7 +93,9 @@ class FakeProvider:
         return data["requests"] if isinstance(data, dict) else data
 
     def reset(self) -> None:
-        request = urllib.request.Request(f"{self.url}/_fake/reset", method="POST", data=b"")
+        request = urllib.request.Request(
+            f"{self.url}/_fake/reset", method="POST", data=b""
+        )
         urllib.request.urlopen(request).close()
 
     def close(self) -> None:
@@ -116,7 +126,13 @@ class Gateway:
         self.log_path = tmp / f"mitmdump-{self.port}.log"
         options = dict(options or {})
         detail = options.pop("flow_detail", "0")
-        args = [MITMDUMP, "--flow-detail", detail, "-s", str(ROOT / "addons" / "budget.py")]
+        args = [
+            MITMDUMP,
+            "--flow-detail",
+            detail,
+            "-s",
+            str(ROOT / "addons" / "budget.py"),
+        ]
         if mode == "reverse":
             args += ["--mode", f"reverse:{upstream.url}"]
         else:
@@ -133,10 +149,15 @@ class Gateway:
         settings.update(options)
         for name, value in settings.items():
             args += ["--set", f"{name}={value}"]
-        environment = {**os.environ, "TOLLGATE_FAKE_UPSTREAM": f"127.0.0.1:{upstream.port}"}
+        environment = {
+            **os.environ,
+            "TOLLGATE_FAKE_UPSTREAM": f"127.0.0.1:{upstream.port}",
+        }
         environment.update(env or {})
         self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=environment)
+        self.proc = subprocess.Popen(
+            args, stdout=self.log, stderr=subprocess.STDOUT, env=environment
+        )
         try:
             wait_port(self.port, self.proc)
             time.sleep(0.3)  # mitmdump listens first, then exits on startup errors
@@ -157,7 +178,7 @@ class Gateway:
         self.log.close()
 
     def sdk_env(self, mode: str) -> dict[str, str]:
-        """What a developer sets: a base URL (reverse) or a proxy plus the CA (forward)."""
+        """What a developer sets: a base URL (reverse), or a proxy and the CA."""
         if mode == "reverse":
             return {"ANTHROPIC_BASE_URL": self.url, "OPENAI_BASE_URL": f"{self.url}/v1"}
         return {
@@ -170,8 +191,12 @@ class Gateway:
 def run_sdk(calls: list[dict[str, Any]], env: dict[str, str]) -> list[dict[str, Any]]:
     """Run calls with the official SDKs in their own environment; their results."""
     require(SDK_PYTHON, "the SDK environment")
-    clean = {k: v for k, v in os.environ.items() if not k.endswith("_PROXY") and k not in (
-        "ANTHROPIC_BASE_URL", "OPENAI_BASE_URL", "SSL_CERT_FILE")}
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.endswith("_PROXY")
+        and k not in ("ANTHROPIC_BASE_URL", "OPENAI_BASE_URL", "SSL_CERT_FILE")
+    }
     result = subprocess.run(
         [SDK_PYTHON, str(ROOT / "tests" / "clients" / "sdk_client.py")],
         input=json.dumps(calls).encode(),
@@ -184,13 +209,17 @@ def run_sdk(calls: list[dict[str, Any]], env: dict[str, str]) -> list[dict[str, 
     return json.loads(result.stdout)
 
 
-def ledger_rows(db: Path, where: str = "true", params: list[Any] | None = None) -> list[dict[str, Any]]:
+def ledger_rows(
+    db: Path, where: str = "true", params: list[Any] | None = None
+) -> list[dict[str, Any]]:
     """Rows of `requests` as dicts, oldest first, waiting for the writer's batch."""
     deadline = time.monotonic() + 10
     while True:
         try:
             with duckdb.connect(str(db), read_only=True) as con:
-                cursor = con.execute(f"SELECT * FROM requests WHERE {where} ORDER BY ts", params or [])
+                cursor = con.execute(
+                    f"SELECT * FROM requests WHERE {where} ORDER BY ts", params or []
+                )
                 names = [d[0] for d in cursor.description]
                 return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
         except duckdb.IOException:
@@ -199,7 +228,9 @@ def ledger_rows(db: Path, where: str = "true", params: list[Any] | None = None) 
             time.sleep(0.05)
 
 
-def wait_rows(db: Path, count: int, where: str = "true", timeout_s: float = 10) -> list[dict[str, Any]]:
+def wait_rows(
+    db: Path, count: int, where: str = "true", timeout_s: float = 10
+) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout_s
     while True:
         rows = ledger_rows(db, where) if db.exists() else []

@@ -23,6 +23,7 @@ from tollgate.ledger import Ledger, read_rows
 from tollgate.metrics import Metrics
 from tollgate.providers.base import RequestFacts, Route
 
+FIXTURES = Path(__file__).parent / "fixtures"
 TOKENS = (
     "input_tokens",
     "output_tokens",
@@ -190,15 +191,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-TEAM_TABLE = """\
-team     calls  blocked  input_tokens  output_tokens  cache_read_tokens  cache_write_tokens  cost_usd
--------  -----  -------  ------------  -------------  -----------------  ------------------  --------
-be           3        0          3100            350               5000                1000  0.025575
-interns      2        0            50              5                  0                   0  0.000060
--            1        1             0              0                  0                   0  0.000000
--------  -----  -------  ------------  -------------  -----------------  ------------------  --------
-total        6        1          3150            355               5000                1000  0.025635
-"""  # noqa: E501
+TEAM_TABLE = (FIXTURES / "report-by-team.txt").read_text()  # aligned, wide
 
 
 def test_report_table_aligns_exact_sums_when_grouped_by_team(
@@ -346,7 +339,9 @@ def test_session_view_sums_each_session_when_queried_inside_ledger_file(
 def test_key_view_totals_whole_ledger_when_queried_inside_ledger_file(
     db: Path,
 ) -> None:
-    [(calls, cost)] = read_rows(db, "SELECT sum(calls), sum(cost_usd) FROM spend_by_key")
+    [(calls, cost)] = read_rows(
+        db, "SELECT sum(calls), sum(cost_usd) FROM spend_by_key"
+    )
     [(all_calls, all_cost)] = read_rows(
         db, "SELECT count(*), sum(cost_usd) FROM requests"
     )
@@ -402,16 +397,7 @@ def test_report_fails_with_hint_when_ledger_missing(
     )
 
 
-BUDGETS_TABLE = """\
-budget                       window     limit     spent  reserved    used  resets                     forecast
----------------------------  ------  --------  --------  --------  ------  -------------------------  -------------------------
-org                          1mo     1000.000  0.025635         -    0.0%  2026-06-01T00:00:00+00:00  after reset
-team:be                      1mo        0.040  0.025575         -   63.9%  2026-06-01T00:00:00+00:00  2026-05-04T21:50:30+00:00
-team:be/model:claude-opus-*  1mo        0.005  0.005250         -  105.0%  2026-06-01T00:00:00+00:00  exhausted
-team:interns                 1d         1.000  0.000060         -    0.0%  2026-05-04T00:00:00+00:00  after reset
-user:alice                   1mo        0.020  0.020325         -  101.6%  2026-06-01T00:00:00+00:00  exhausted
-tag:project:x                1w         0.100  0.012750         -   12.8%  2026-05-04T00:00:00+00:00  after reset
-"""  # noqa: E501
+BUDGETS_TABLE = (FIXTURES / "budgets.txt").read_text()  # aligned, wide
 
 
 def closed_url() -> str:

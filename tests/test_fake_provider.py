@@ -134,9 +134,9 @@ def sse(raw: bytes, separator: bytes = b"\n\n") -> list[tuple[str | None, str]]:
         name, data = None, []
         for line in block.decode().splitlines():
             if line.startswith("event: "):
-                name = line[len("event: "):]
+                name = line[len("event: ") :]
             elif line.startswith("data: "):
-                data.append(line[len("data: "):])
+                data.append(line[len("data: ") :])
         events.append((name, "\n".join(data)))
     return events
 
@@ -156,8 +156,12 @@ class RawStream:
     def __init__(self, port: int, path: str, body: Any, headers: dict[str, str]):
         self.sock = socket.create_connection((HOST, port), timeout=15)
         data = json.dumps(body).encode()
-        lines = [f"POST {path} HTTP/1.1", f"host: {HOST}:{port}",
-                 "content-type: application/json", f"content-length: {len(data)}"]
+        lines = [
+            f"POST {path} HTTP/1.1",
+            f"host: {HOST}:{port}",
+            "content-type: application/json",
+            f"content-length: {len(data)}",
+        ]
         lines += [f"{name}: {value}" for name, value in headers.items()]
         self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + data)
         self.file: BinaryIO = self.sock.makefile("rb")
@@ -302,8 +306,12 @@ def test_anthropic_messages_returns_400_when_model_missing(port: int) -> None:
 
 
 def test_anthropic_stream_sends_events_in_order_when_stream_true(port: int) -> None:
-    answer = call(port, "/v1/messages", {"model": "claude-x", "stream": True},
-                  {"x-fake-usage": FULL_USAGE})
+    answer = call(
+        port,
+        "/v1/messages",
+        {"model": "claude-x", "stream": True},
+        {"x-fake-usage": FULL_USAGE},
+    )
     events = sse_json(answer.body)
     assert answer.headers["content-type"] == "text/event-stream; charset=utf-8"
     assert answer.headers["transfer-encoding"] == "chunked"
@@ -327,15 +335,16 @@ def test_anthropic_stream_sends_events_in_order_when_stream_true(port: int) -> N
 def test_anthropic_stream_pads_data_lines_when_streamed(port: int) -> None:
     raw = call(port, "/v1/messages", {"model": "m", "stream": True}).body
     data_lines = [line for line in raw.split(b"\n") if line.startswith(b"data: ")]
-    assert any(line.endswith(b"} ") or line.endswith(b"  ") for line in data_lines)
+    assert any(line.endswith((b"} ", b"  ")) for line in data_lines)
     assert b'data: {"type": "ping"}\n' in raw
 
 
 def test_anthropic_stream_sends_requested_deltas_when_events_header_set(
     port: int,
 ) -> None:
-    answer = call(port, "/v1/messages", {"model": "m", "stream": True},
-                  {"x-fake-events": "12"})
+    answer = call(
+        port, "/v1/messages", {"model": "m", "stream": True}, {"x-fake-events": "12"}
+    )
     names = [name for name, _ in sse(answer.body)]
     assert names.count("content_block_delta") == 12
 
@@ -343,8 +352,12 @@ def test_anthropic_stream_sends_requested_deltas_when_events_header_set(
 def test_anthropic_stream_ends_with_error_event_when_error_event_header_set(
     port: int,
 ) -> None:
-    answer = call(port, "/v1/messages", {"model": "m", "stream": True},
-                  {"x-fake-error-event": "1"})
+    answer = call(
+        port,
+        "/v1/messages",
+        {"model": "m", "stream": True},
+        {"x-fake-error-event": "1"},
+    )
     events = sse_json(answer.body)
     names = [name for name, _ in events]
     assert answer.status == 200
@@ -355,14 +368,19 @@ def test_anthropic_stream_ends_with_error_event_when_error_event_header_set(
 
 
 def test_anthropic_count_tokens_returns_input_when_usage_header_set(port: int) -> None:
-    answer = call(port, "/v1/messages/count_tokens", {"model": "m", "messages": []},
-                  {"x-fake-usage": "input=42"})
+    answer = call(
+        port,
+        "/v1/messages/count_tokens",
+        {"model": "m", "messages": []},
+        {"x-fake-usage": "input=42"},
+    )
     assert answer.json() == {"input_tokens": 42}
 
 
 def test_anthropic_models_lists_models_when_get(port: int) -> None:
-    answer = call(port, "/v1/models", method="GET",
-                  headers={"anthropic-version": "2023-06-01"})
+    answer = call(
+        port, "/v1/models", method="GET", headers={"anthropic-version": "2023-06-01"}
+    )
     body = answer.json()
     assert body["data"] and all(m["type"] == "model" for m in body["data"])
     assert body["has_more"] is False
@@ -372,8 +390,12 @@ def test_anthropic_models_lists_models_when_get(port: int) -> None:
 
 
 def test_openai_chat_reports_exact_usage_when_not_streamed(port: int) -> None:
-    body = call(port, "/v1/chat/completions", {"model": "gpt-x", "messages": []},
-                {"x-fake-usage": FULL_USAGE}).json()
+    body = call(
+        port,
+        "/v1/chat/completions",
+        {"model": "gpt-x", "messages": []},
+        {"x-fake-usage": FULL_USAGE},
+    ).json()
     real = fixture_json("openai-chat-nonstream-docs.json")
     assert set(body) == set(real)
     assert body["model"] == "gpt-x"
@@ -387,10 +409,14 @@ def test_openai_chat_reports_exact_usage_when_not_streamed(port: int) -> None:
 def test_openai_chat_stream_sends_usage_chunk_when_include_usage_true(
     port: int,
 ) -> None:
-    request = {"model": "gpt-x", "stream": True,
-               "stream_options": {"include_usage": True}}
-    chunks = chat_chunks(call(port, "/v1/chat/completions", request,
-                              {"x-fake-usage": FULL_USAGE}).body)
+    request = {
+        "model": "gpt-x",
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    chunks = chat_chunks(
+        call(port, "/v1/chat/completions", request, {"x-fake-usage": FULL_USAGE}).body
+    )
     assert chunks[-1] == "[DONE]"
     usage_chunk = chunks[-2]
     assert usage_chunk["choices"] == []
@@ -432,8 +458,12 @@ def test_azure_chat_reports_fixed_model_when_deployment_path(port: int) -> None:
 
 
 def test_openai_responses_reports_exact_usage_when_not_streamed(port: int) -> None:
-    body = call(port, "/v1/responses", {"model": "gpt-5", "input": "hi"},
-                {"x-fake-usage": FULL_USAGE}).json()
+    body = call(
+        port,
+        "/v1/responses",
+        {"model": "gpt-5", "input": "hi"},
+        {"x-fake-usage": FULL_USAGE},
+    ).json()
     real = fixture_json("openai-responses-nonstream-reasoning.json")
     assert body["model"] == "gpt-5"
     assert body["status"] == "completed"
@@ -450,16 +480,28 @@ def test_openai_responses_reports_exact_usage_when_not_streamed(port: int) -> No
 def test_openai_responses_stream_completes_with_usage_when_stream_true(
     port: int,
 ) -> None:
-    answer = call(port, "/v1/responses", {"model": "gpt-5", "stream": True},
-                  {"x-fake-usage": FULL_USAGE, "x-fake-events": "3"})
+    answer = call(
+        port,
+        "/v1/responses",
+        {"model": "gpt-5", "stream": True},
+        {"x-fake-usage": FULL_USAGE, "x-fake-events": "3"},
+    )
     events = sse_json(answer.body)
     names = [name for name, _ in events]
     assert names == (
-        ["response.created", "response.in_progress", "response.output_item.added",
-         "response.content_part.added"]
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.content_part.added",
+        ]
         + ["response.output_text.delta"] * 3
-        + ["response.output_text.done", "response.content_part.done",
-           "response.output_item.done", "response.completed"]
+        + [
+            "response.output_text.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            "response.completed",
+        ]
     )
     assert [data["sequence_number"] for _, data in events] == list(range(len(events)))
     assert all(data["type"] == name for name, data in events)
@@ -470,8 +512,12 @@ def test_openai_responses_stream_completes_with_usage_when_stream_true(
 
 
 def test_openai_responses_stream_fails_when_error_event_header_set(port: int) -> None:
-    answer = call(port, "/v1/responses", {"model": "gpt-5", "stream": True},
-                  {"x-fake-error-event": "1"})
+    answer = call(
+        port,
+        "/v1/responses",
+        {"model": "gpt-5", "stream": True},
+        {"x-fake-error-event": "1"},
+    )
     events = sse_json(answer.body)
     names = [name for name, _ in events]
     assert names[-2:] == ["error", "response.failed"]
@@ -579,8 +625,9 @@ def test_gemini_stream_sends_json_array_when_alt_missing(port: int) -> None:
 def test_anthropic_error_has_native_body_when_status_header_set(
     port: int, path: str, status: int, kind: str
 ) -> None:
-    answer = call(port, path, {"model": "m", "stream": True},
-                  {"x-fake-status": str(status)})
+    answer = call(
+        port, path, {"model": "m", "stream": True}, {"x-fake-status": str(status)}
+    )
     body = answer.json()
     assert answer.status == status
     assert body["type"] == "error"
@@ -649,8 +696,12 @@ def test_stream_decodes_to_same_events_when_encoding_set(
 @pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "zstd"])
 def test_whole_body_is_compressed_when_encoding_set(port: int, encoding: str) -> None:
     feed = decoder(encoding)
-    answer = call(port, "/v1/chat/completions", {"model": "gpt-x"},
-                  {"x-fake-encoding": encoding, "accept-encoding": "identity"})
+    answer = call(
+        port,
+        "/v1/chat/completions",
+        {"model": "gpt-x"},
+        {"x-fake-encoding": encoding, "accept-encoding": "identity"},
+    )
     assert answer.headers["content-encoding"] == encoding
     assert json.loads(feed(answer.body))["model"] == "gpt-x"
 
@@ -674,8 +725,12 @@ def test_stream_closes_connection_early_when_cut_after_set(port: int) -> None:
 
 def test_stream_raises_incomplete_read_when_cut_after_set(port: int) -> None:
     with pytest.raises(http.client.IncompleteRead):
-        call(port, "/v1/chat/completions", {"model": "gpt-x", "stream": True},
-             {"x-fake-cut-after": "2"})
+        call(
+            port,
+            "/v1/chat/completions",
+            {"model": "gpt-x", "stream": True},
+            {"x-fake-cut-after": "2"},
+        )
 
 
 def test_stream_first_event_arrives_before_pause_ends_when_pause_set(port: int) -> None:
@@ -698,8 +753,12 @@ def test_stream_first_event_arrives_before_pause_ends_when_pause_set(port: int) 
 
 def test_stream_takes_longer_when_delay_set(port: int) -> None:
     started = time.monotonic()
-    call(port, "/v1/chat/completions", {"model": "gpt-x", "stream": True},
-         {"x-fake-delay-ms": "100"})
+    call(
+        port,
+        "/v1/chat/completions",
+        {"model": "gpt-x", "stream": True},
+        {"x-fake-delay-ms": "100"},
+    )
     assert time.monotonic() - started >= 0.5
 
 
@@ -715,8 +774,12 @@ def test_reply_waits_before_headers_when_stall_set(port: int) -> None:
 
 def test_requests_log_records_headers_and_body_when_llm_call_made(port: int) -> None:
     call(port, "/_fake/reset")
-    call(port, "/v1/messages?beta=true", {"model": "m", "max_tokens": 3},
-         {"X-Custom-Thing": "Abc", "x-api-key": "sk-test"})
+    call(
+        port,
+        "/v1/messages?beta=true",
+        {"model": "m", "max_tokens": 3},
+        {"X-Custom-Thing": "Abc", "x-api-key": "sk-test"},
+    )
     log = call(port, "/_fake/requests", method="GET").json()
     assert log["count"] == 1
     entry = log["requests"][0]
@@ -730,7 +793,9 @@ def test_requests_log_is_empty_when_reset(port: int) -> None:
     call(port, "/v1/messages", {"model": "m"})
     assert call(port, "/_fake/reset").json() == {"ok": True}
     assert call(port, "/_fake/requests", method="GET").json() == {
-        "count": 0, "requests": []}
+        "count": 0,
+        "requests": [],
+    }
 
 
 def test_requests_log_keeps_size_only_when_body_over_64kb(port: int) -> None:
@@ -746,8 +811,13 @@ def test_server_reads_body_when_request_is_chunked(port: int) -> None:
     pieces = [b'{"model": ', b'"chunky", ', b'"max_tokens": 1}']
     conn = http.client.HTTPConnection(HOST, port, timeout=15)
     try:
-        conn.request("POST", "/v1/messages", body=iter(pieces), encode_chunked=True,
-                     headers={"content-type": "application/json"})
+        conn.request(
+            "POST",
+            "/v1/messages",
+            body=iter(pieces),
+            encode_chunked=True,
+            headers={"content-type": "application/json"},
+        )
         body = json.loads(conn.getresponse().read())
     finally:
         conn.close()
@@ -771,8 +841,10 @@ def test_server_reuses_connection_when_keep_alive(port: int) -> None:
 
 
 def test_server_answers_all_when_many_connections_open_at_once(port: int) -> None:
-    request = (b"POST /v1/messages HTTP/1.1\r\nhost: x\r\nconnection: close\r\n"
-               b"content-length: 13\r\n\r\n{\"model\":\"m\"}")
+    request = (
+        b"POST /v1/messages HTTP/1.1\r\nhost: x\r\nconnection: close\r\n"
+        b'content-length: 13\r\n\r\n{"model":"m"}'
+    )
     sockets = [socket.create_connection((HOST, port), timeout=15) for _ in range(200)]
     try:
         for sock in sockets:

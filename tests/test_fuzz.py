@@ -33,8 +33,12 @@ from tollgate.providers.base import Route
 from tollgate.requestcheck import lenient_count, repeated_keys
 
 FIXTURES = Path(__file__).parent / "fixtures"
-FUZZ = settings(max_examples=500, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=500,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 HOOK_FUZZ = settings(FUZZ, max_examples=1500)
 KEY = "tg-fuzz-bob"
 POLICY = f"""version: 1
@@ -49,67 +53,140 @@ users:
 keys:
   - {{key_alias: bob-key, user: bob, key_sha256: {fingerprint(KEY)}}}
 """
-REASONS = {"auth", "body", "model", "unpriced", "budget", "rpm", "tpm", "ledger",
-           "config", "unmetered", "stopping"}
+REASONS = {
+    "auth",
+    "body",
+    "model",
+    "unpriced",
+    "budget",
+    "rpm",
+    "tpm",
+    "ledger",
+    "config",
+    "unmetered",
+    "stopping",
+}
 STREAMS = {
-    "anthropic": ["anthropic-messages-stream-basic.sse", "anthropic-messages-stream-cache.sse",
-                  "anthropic-messages-stream-error-midstream.sse"],
-    "openai": ["openai-chat-stream-include-usage.sse", "openai-responses-stream-text.sse",
-               "openai-responses-stream-error-failed.sse"],
-    "gemini": ["gemini-streamgeneratecontent-basic.sse",
-               "gemini-streamgeneratecontent-functioncall.sse"],
+    "anthropic": [
+        "anthropic-messages-stream-basic.sse",
+        "anthropic-messages-stream-cache.sse",
+        "anthropic-messages-stream-error-midstream.sse",
+    ],
+    "openai": [
+        "openai-chat-stream-include-usage.sse",
+        "openai-responses-stream-text.sse",
+        "openai-responses-stream-error-failed.sse",
+    ],
+    "gemini": [
+        "gemini-streamgeneratecontent-basic.sse",
+        "gemini-streamgeneratecontent-functioncall.sse",
+    ],
 }
 PATHS = {
-    "anthropic": ["/v1/messages", "/v1/messages?beta=true", "/v1/messages/count_tokens",
-                  "/v1/messages/batches", "/v1/models", "/v1/complete"],
-    "openai": ["/v1/chat/completions", "/v1/responses", "/v1/embeddings",
-               "/openai/deployments/gpt4o/chat/completions", "/v1/images/generations",
-               "/v1/realtime?model=x", "/v1/files"],
-    "gemini": ["/v1beta/models/gemini-2.5-flash:generateContent",
-               "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
-               "/v1beta/models/gemini-2.5-pro%2Fx:countTokens", "/v1beta/cachedContents"],
+    "anthropic": [
+        "/v1/messages",
+        "/v1/messages?beta=true",
+        "/v1/messages/count_tokens",
+        "/v1/messages/batches",
+        "/v1/models",
+        "/v1/complete",
+    ],
+    "openai": [
+        "/v1/chat/completions",
+        "/v1/responses",
+        "/v1/embeddings",
+        "/openai/deployments/gpt4o/chat/completions",
+        "/v1/images/generations",
+        "/v1/realtime?model=x",
+        "/v1/files",
+    ],
+    "gemini": [
+        "/v1beta/models/gemini-2.5-flash:generateContent",
+        "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+        "/v1beta/models/gemini-2.5-pro%2Fx:countTokens",
+        "/v1beta/cachedContents",
+    ],
 }
-HOSTS = {"anthropic": "api.anthropic.com", "openai": "api.openai.com",
-         "gemini": "generativelanguage.googleapis.com"}
+HOSTS = {
+    "anthropic": "api.anthropic.com",
+    "openai": "api.openai.com",
+    "gemini": "generativelanguage.googleapis.com",
+}
 
 numbers = st.one_of(
-    st.integers(-(2**70), 2**70), st.floats(allow_nan=True, allow_infinity=True),
-    st.text(max_size=12), st.booleans(), st.none(), st.just("64000"), st.just("1e5"),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.booleans(),
+    st.none(),
+    st.just("64000"),
+    st.just("1e5"),
 )
 json_values = st.recursive(
     st.none() | st.booleans() | numbers | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=3)
-    | st.dictionaries(st.text(max_size=12), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(max_size=12), inner, max_size=3)
+    ),
     max_leaves=12,
 )
 models = st.one_of(
-    st.sampled_from(["claude-sonnet-4-5", "claude-opus-4-1", "gpt-4.1", "gemini-2.5-flash",
-                     " claude-haiku-4-5", "claude\u2010haiku-4-5", "CLAUDE-SONNET-4-5",
-                     "anthropic/claude-sonnet-4-5", "gpt-4o%2D", "\ud800"]),
-    st.text(max_size=40), numbers, st.lists(st.text(max_size=5), max_size=2),
+    st.sampled_from(
+        [
+            "claude-sonnet-4-5",
+            "claude-opus-4-1",
+            "gpt-4.1",
+            "gemini-2.5-flash",
+            " claude-haiku-4-5",
+            "claude\u2010haiku-4-5",
+            "CLAUDE-SONNET-4-5",
+            "anthropic/claude-sonnet-4-5",
+            "gpt-4o%2D",
+            "\ud800",
+        ]
+    ),
+    st.text(max_size=40),
+    numbers,
+    st.lists(st.text(max_size=5), max_size=2),
 )
 request_bodies = st.one_of(
     st.binary(max_size=200),
     json_values.map(lambda v: json.dumps(v).encode()),
     st.fixed_dictionaries(
         {"model": models, "messages": st.just([{"role": "user", "content": "hi"}])},
-        optional={"max_tokens": numbers, "stream": st.one_of(st.booleans(), numbers),
-                  "max_output_tokens": numbers, "metadata": json_values,
-                  "stream_options": json_values,
-                  "generationConfig": st.dictionaries(
-                      st.sampled_from(["maxOutputTokens", "max_output_tokens"]), numbers)},
+        optional={
+            "max_tokens": numbers,
+            "stream": st.one_of(st.booleans(), numbers),
+            "max_output_tokens": numbers,
+            "metadata": json_values,
+            "stream_options": json_values,
+            "generationConfig": st.dictionaries(
+                st.sampled_from(["maxOutputTokens", "max_output_tokens"]), numbers
+            ),
+        },
     ).map(lambda d: json.dumps(d).encode()),
     st.tuples(st.sampled_from(["model", "max_tokens", "stream"]), models, models).map(
-        lambda t: f'{{"{t[0]}": {json.dumps(t[1])}, "{t[0]}": {json.dumps(t[2])}}}'.encode()
+        lambda t: (
+            f'{{"{t[0]}": {json.dumps(t[1])}, "{t[0]}": {json.dumps(t[2])}}}'.encode()
+        )
     ),
 )
-credentials = st.sampled_from([
-    {}, {"x-api-key": KEY}, {"authorization": f"Bearer {KEY}"}, {"x-api-key": "tg-nope"},
-    {"x-api-key": "sk-raw-key"}, {"authorization": "Basic Ym9iOnRn"},
-    {"x-goog-api-key": KEY}, {"api-key": KEY}, {"x-api-key": f"{KEY}, {KEY}"},
-])
-encodings = st.sampled_from([None, "gzip", "br", "zstd", "deflate", "identity", "x-odd",
-                             "gzip, br"])
+credentials = st.sampled_from(
+    [
+        {},
+        {"x-api-key": KEY},
+        {"authorization": f"Bearer {KEY}"},
+        {"x-api-key": "tg-nope"},
+        {"x-api-key": "sk-raw-key"},
+        {"authorization": "Basic Ym9iOnRn"},
+        {"x-goog-api-key": KEY},
+        {"api-key": KEY},
+        {"x-api-key": f"{KEY}, {KEY}"},
+    ]
+)
+encodings = st.sampled_from(
+    [None, "gzip", "br", "zstd", "deflate", "identity", "x-odd", "gzip, br"]
+)
 
 
 class RowSpy:
@@ -129,13 +206,19 @@ class RowSpy:
 
 
 @pytest.fixture(scope="module")
-def guard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[BudgetGuard, RowSpy]]:
+def guard(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[BudgetGuard, RowSpy]]:
     tmp = tmp_path_factory.mktemp("fuzz")
     (tmp / "policy.yaml").write_text(POLICY)
     addon = BudgetGuard()
     with taddons.context(Proxyserver(), addon) as tctx:
-        tctx.configure(addon, budget_db=str(tmp / "spend.duckdb"), budget_metrics_port=0,
-                       budget_policy=str(tmp / "policy.yaml"))
+        tctx.configure(
+            addon,
+            budget_db=str(tmp / "spend.duckdb"),
+            budget_metrics_port=0,
+            budget_policy=str(tmp / "policy.yaml"),
+        )
         assert addon.engine is not None
         spy = RowSpy()
         addon.engine.observers.append(spy)
@@ -175,9 +258,15 @@ def check_rows(spy: RowSpy, before: int) -> None:
     ending=st.sampled_from(["response", "error"]),
 )
 def test_hooks_pass_or_refuse_by_rule_when_input_is_odd(
-    guard: tuple[BudgetGuard, RowSpy], provider: str, data: st.DataObject, body: bytes,
-    creds: dict[str, str], request_encoding: str | None, response_encoding: str | None,
-    cuts: list[int], ending: str,
+    guard: tuple[BudgetGuard, RowSpy],
+    provider: str,
+    data: st.DataObject,
+    body: bytes,
+    creds: dict[str, str],
+    request_encoding: str | None,
+    response_encoding: str | None,
+    cuts: list[int],
+    ending: str,
 ) -> None:
     addon, spy = guard
     engine = addon.engine
@@ -189,10 +278,18 @@ def test_hooks_pass_or_refuse_by_rule_when_input_is_odd(
     headers = {"content-type": "application/json", **creds}
     if request_encoding:
         headers["content-encoding"] = request_encoding
-    flow = tflow.tflow(req=tutils.treq(
-        host=HOSTS[provider], port=443, scheme=b"https", path=path.encode(),
-        headers=http.Headers(**{k.replace("-", "_"): v for k, v in headers.items()}),
-        content=encode(body, request_encoding)))
+    flow = tflow.tflow(
+        req=tutils.treq(
+            host=HOSTS[provider],
+            port=443,
+            scheme=b"https",
+            path=path.encode(),
+            headers=http.Headers(
+                **{k.replace("-", "_"): v for k, v in headers.items()}
+            ),
+            content=encode(body, request_encoding),
+        )
+    )
     flow.request.timestamp_start = time.time()
 
     addon.requestheaders(flow)
@@ -205,17 +302,27 @@ def test_hooks_pass_or_refuse_by_rule_when_input_is_odd(
     else:
         event("passed" if flow.metadata.get(CALL) else "not an LLM call")
         stream = data.draw(st.sampled_from(STREAMS[provider]))
-        raw = data.draw(st.one_of(
-            st.just((FIXTURES / stream).read_bytes()), st.binary(max_size=300),
-            json_values.map(lambda v: json.dumps({"usage": v, "usageMetadata": v}).encode()),
-        ))
+        raw = data.draw(
+            st.one_of(
+                st.just((FIXTURES / stream).read_bytes()),
+                st.binary(max_size=300),
+                json_values.map(
+                    lambda v: json.dumps({"usage": v, "usageMetadata": v}).encode()
+                ),
+            )
+        )
         sse = data.draw(st.booleans())
-        response_headers = {"content-type": "text/event-stream" if sse else "application/json"}
+        response_headers = {
+            "content-type": "text/event-stream" if sse else "application/json"
+        }
         if response_encoding:
             response_headers["content-encoding"] = response_encoding
         flow.response = tutils.tresp(
-            headers=http.Headers(**{k.replace("-", "_"): v for k, v in response_headers.items()}),
-            content=b"" if sse else raw)
+            headers=http.Headers(
+                **{k.replace("-", "_"): v for k, v in response_headers.items()}
+            ),
+            content=b"" if sse else raw,
+        )
         addon.responseheaders(flow)
         meter = flow.response.stream
         if callable(meter):
@@ -244,9 +351,14 @@ ROUTES = {
 }
 FILES = {
     "anthropic": STREAMS["anthropic"] + ["anthropic-messages-stream-websearch.sse"],
-    "openai-chat": ["openai-chat-stream-include-usage.sse", "openai-chat-stream-no-usage.sse"],
-    "openai-responses": ["openai-responses-stream-docs.sse",
-                         "openai-responses-stream-toolcall-reasoning.sse"],
+    "openai-chat": [
+        "openai-chat-stream-include-usage.sse",
+        "openai-chat-stream-no-usage.sse",
+    ],
+    "openai-responses": [
+        "openai-responses-stream-docs.sse",
+        "openai-responses-stream-toolcall-reasoning.sse",
+    ],
     "gemini": STREAMS["gemini"],
 }
 CASES = [(route, name) for route, names in FILES.items() for name in names]
@@ -286,33 +398,56 @@ def test_stream_usage_same_when_cut_anywhere_many_times(
     encoding=encodings,
 )
 def test_meter_passes_bytes_and_counts_nothing_negative_when_stream_garbled(
-    case: tuple[str, str], edits: list[tuple[int, bytes]], cuts: list[int],
+    case: tuple[str, str],
+    edits: list[tuple[int, bytes]],
+    cuts: list[int],
     encoding: str | None,
 ) -> None:
     route, name = case
     data = bytearray((FIXTURES / name).read_bytes())
     for at, junk in edits:
-        data[at % (len(data) + 1):at % (len(data) + 1) + len(junk)] = junk
+        data[at % (len(data) + 1) : at % (len(data) + 1) + len(junk)] = junk
     meter = StreamMeter(stream_reader(ROUTES[route]), content_encoding=encoding)
     out = b"".join(meter(p) for p in [*split(bytes(data), cuts), b""])
     assert out == bytes(data)
     usage = meter.reader.usage
     if usage is not None:
-        assert min(usage.input_tokens, usage.output_tokens, usage.cache_read_tokens,
-                   usage.cache_write_5m_tokens, usage.cache_write_1h_tokens,
-                   usage.reasoning_tokens) >= 0
+        assert (
+            min(
+                usage.input_tokens,
+                usage.output_tokens,
+                usage.cache_read_tokens,
+                usage.cache_write_5m_tokens,
+                usage.cache_write_1h_tokens,
+                usage.reasoning_tokens,
+            )
+            >= 0
+        )
 
 
 PRICES = load_prices(Path(DEFAULT_PRICES))
 ENTRIES = [PRICES.entries[k] for k in sorted(PRICES.entries)]
-usage_keys = st.sampled_from([
-    "input_tokens", "output_tokens", "cache_read_input_tokens",
-    "cache_creation_input_tokens", "cache_creation", "server_tool_use",
-    "output_tokens_details", "prompt_tokens", "completion_tokens",
-    "prompt_tokens_details", "completion_tokens_details", "input_tokens_details",
-    "promptTokenCount", "candidatesTokenCount", "cachedContentTokenCount",
-    "thoughtsTokenCount", "toolUsePromptTokenCount",
-])
+usage_keys = st.sampled_from(
+    [
+        "input_tokens",
+        "output_tokens",
+        "cache_read_input_tokens",
+        "cache_creation_input_tokens",
+        "cache_creation",
+        "server_tool_use",
+        "output_tokens_details",
+        "prompt_tokens",
+        "completion_tokens",
+        "prompt_tokens_details",
+        "completion_tokens_details",
+        "input_tokens_details",
+        "promptTokenCount",
+        "candidatesTokenCount",
+        "cachedContentTokenCount",
+        "thoughtsTokenCount",
+        "toolUsePromptTokenCount",
+    ]
+)
 usage_objects = st.dictionaries(usage_keys, st.one_of(numbers, json_values), max_size=8)
 
 
@@ -325,9 +460,15 @@ def test_usage_counts_and_costs_never_negative_when_numbers_are_odd(
     for usage in found:
         if usage is None:
             continue
-        counts = (usage.input_tokens, usage.output_tokens, usage.cache_read_tokens,
-                  usage.cache_write_5m_tokens, usage.cache_write_1h_tokens,
-                  usage.reasoning_tokens, usage.web_search_requests)
+        counts = (
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.cache_read_tokens,
+            usage.cache_write_5m_tokens,
+            usage.cache_write_1h_tokens,
+            usage.reasoning_tokens,
+            usage.web_search_requests,
+        )
         assert all(isinstance(c, int) and 0 <= c <= 10**12 for c in counts)
         cost = PRICES.cost(entry, usage)
         assert cost.is_finite() and 0 <= cost < Decimal(10) ** 10
@@ -347,8 +488,13 @@ def reference_repeats(text: str) -> list[str]:
 
 @FUZZ
 @given(
-    pairs=st.lists(st.tuples(st.sampled_from(["model", "max_tokens", "a", "mod\u0065l", "é"]),
-                             json_values), max_size=6),
+    pairs=st.lists(
+        st.tuples(
+            st.sampled_from(["model", "max_tokens", "a", "mod\u0065l", "é"]),
+            json_values,
+        ),
+        max_size=6,
+    ),
     spaces=st.sampled_from(["", " ", "\n\t "]),
 )
 def test_repeated_keys_found_like_a_strict_parser_when_body_repeats_keys(
@@ -361,6 +507,8 @@ def test_repeated_keys_found_like_a_strict_parser_when_body_repeats_keys(
 
 @FUZZ
 @given(value=st.one_of(numbers, json_values))
-def test_lenient_count_is_a_bounded_count_or_none_when_value_is_anything(value: Any) -> None:
+def test_lenient_count_is_a_bounded_count_or_none_when_value_is_anything(
+    value: Any,
+) -> None:
     found = lenient_count(value)
     assert found is None or (isinstance(found, int) and 0 <= found <= 10**12)

@@ -1,4 +1,4 @@
-"""The ledger under faults: crash, locked, corrupt, full, read-only, bad rows, no journal.
+"""The ledger under faults: crash, lock, corruption, full disk, read-only, bad rows.
 
 Every fault is real: a killed process, a second process holding the DuckDB file,
 garbage bytes, a tmpfs that fills up or turns read-only, /dev/full as the journal.
@@ -13,8 +13,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from faultkit import SmallDisk, held, make_row, wait_for
 
-from faultkit import SmallDisk, held, make_row, small_disk, wait_for  # noqa: F401
 from tollgate.errors import LedgerError
 from tollgate.ledger import Ledger, read_rows
 
@@ -182,7 +182,8 @@ def test_ledger_stores_row_without_bad_values_when_duckdb_refuses_them(
         ledger.close()
     assert ids_in(db) == {r["id"] for r in [*good, odd]}
     [stored] = read_rows(
-        db, "SELECT status, latency_ms, model, cost_usd FROM requests WHERE id = ?",
+        db,
+        "SELECT status, latency_ms, model, cost_usd FROM requests WHERE id = ?",
         [odd["id"]],
     )
     assert stored[:3] == (None, None, "claude?")
@@ -287,6 +288,9 @@ def test_ledger_catches_up_when_started_on_read_only_directory(
         ledger.close()
     assert {r["id"] for r in rows} <= ids_in(db)
     assert sorted(states.changes()) == [
-        ("journal", False), ("journal", True), ("ledger", False), ("ledger", True)
+        ("journal", False),
+        ("journal", True),
+        ("ledger", False),
+        ("ledger", True),
     ]
     assert "Read-only file system" in " ".join(reason for _, _, reason in states.seen)

@@ -4,6 +4,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+
 from tollgate import pricing
 from tollgate.errors import PriceError
 from tollgate.pricing import (

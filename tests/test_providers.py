@@ -305,14 +305,26 @@ def test_error_body_has_provider_shape_when_gateway_refuses(provider: str) -> No
 @pytest.mark.parametrize(
     ("data", "chars"),
     [
-        ('{"type":"content_block_delta","index":0,'
-         '"delta":{"type":"text_delta","text":"Hello"}}', 5),
-        ('{"type": "content_block_delta", "index": 0,'
-         ' "delta": {"type": "thinking_delta", "thinking": "ab\\ncd"}}', 6),
-        ('{"type":"content_block_delta","index":1,'
-         '"delta":{"type":"input_json_delta","partial_json":"{\\"a\\""}}', 6),
-        ('{"type":"content_block_delta","index":0,'
-         '"delta":{"type":"signature_delta","signature":"abc"}}', 0),
+        (
+            '{"type":"content_block_delta","index":0,'
+            '"delta":{"type":"text_delta","text":"Hello"}}',
+            5,
+        ),
+        (
+            '{"type": "content_block_delta", "index": 0,'
+            ' "delta": {"type": "thinking_delta", "thinking": "ab\\ncd"}}',
+            6,
+        ),
+        (
+            '{"type":"content_block_delta","index":1,'
+            '"delta":{"type":"input_json_delta","partial_json":"{\\"a\\""}}',
+            6,
+        ),
+        (
+            '{"type":"content_block_delta","index":0,'
+            '"delta":{"type":"signature_delta","signature":"abc"}}',
+            0,
+        ),
     ],
     ids=["text", "thinking-spaced", "tool-json", "signature"],
 )

@@ -77,7 +77,9 @@ class Engine:
         prices = load_prices(Path(options.budget_prices or DEFAULT_PRICES))
         policy = load_policy(Path(options.budget_policy or DEFAULT_POLICY))
         ledger = Ledger(Path(options.budget_db))
-        engine = cls(policy=policy, prices=prices, ledger=ledger, now=Clock(options.budget_now))
+        engine = cls(
+            policy=policy, prices=prices, ledger=ledger, now=Clock(options.budget_now)
+        )
         engine.ledger.on_state = engine._ledger_state
         engine.ledger.start()
         engine._rebuild_budgets(wait_s=0.0 if engine.ledger.failing else 10.0)
@@ -86,7 +88,10 @@ class Engine:
         attach_observers(engine, options)
         logger.info(
             "tollgate: policy %s; %d prices from %s; ledger %s",
-            policy.describe(), len(prices.entries), prices.source, options.budget_db,
+            policy.describe(),
+            len(prices.entries),
+            prices.source,
+            options.budget_db,
         )
         return engine
 
@@ -106,7 +111,7 @@ class Engine:
         old = {b.label: b for b in self.book.all_budgets()}
         book = BudgetBook(policy, self.clock.now)
         fresh = []
-        for label, budgets in book.budgets.items():
+        for budgets in book.budgets.values():
             for i, budget in enumerate(budgets):
                 kept = old.get(budget.label)
                 if kept is not None and same_definition(kept, budget):
@@ -141,7 +146,9 @@ class Engine:
                 logger.error(
                     "tollgate: the ledger cannot be read (%s); budgets count only the"
                     " %d calls in its journal and memory until it can, then are"
-                    " rebuilt", str(e).splitlines()[0], len(rows),
+                    " rebuilt",
+                    str(e).splitlines()[0],
+                    len(rows),
                 )
             self.budgets_partial = True
         else:
@@ -170,8 +177,11 @@ class Engine:
             try:
                 policy = await asyncio.to_thread(load_policy, Path(self.policy.source))
             except ConfigError as e:
-                logger.error("tollgate: policy edit rejected, the last good policy"
-                             " stays in force:\n%s", e)
+                logger.error(
+                    "tollgate: policy edit rejected, the last good policy"
+                    " stays in force:\n%s",
+                    e,
+                )
                 continue
             self.swap_policy(policy)
 
@@ -193,11 +203,15 @@ class Engine:
     def wall_time(self, epoch_s: float) -> datetime:
         return self.clock.at(epoch_s)
 
-    def admit(self, call: Call, principal: Principal, body_bytes: int) -> Refusal | None:
+    def admit(
+        self, call: Call, principal: Principal, body_bytes: int
+    ) -> Refusal | None:
         if self.policy.on_ledger_error == "fail_closed" and not self.ledger.healthy:
             call.principal = principal
             return Refusal(
-                503, "ledger", "Tollgate: the spend ledger cannot be written and the"
+                503,
+                "ledger",
+                "Tollgate: the spend ledger cannot be written and the"
                 " policy says fail_closed - calls resume when it is back",
             )
         return self.admission.admit(call, principal, body_bytes)
@@ -209,20 +223,30 @@ class Engine:
         """
         p = self.policy
         return bool(
-            p.org or p.default_limits or p.teams or p.users or p.keys or p.tags
-            or p.provider_keys or p.unknown_callers == "refuse"
+            p.org
+            or p.default_limits
+            or p.teams
+            or p.users
+            or p.keys
+            or p.tags
+            or p.provider_keys
+            or p.unknown_callers == "refuse"
         )
 
     def unreadable_body(self, call: Call) -> Refusal | None:
         """A body that is not JSON: harmless unless a limit would need its facts."""
         if self.limits_apply():
-            return Refusal(400, "body", "Tollgate: the request body is not a JSON object")
+            return Refusal(
+                400, "body", "Tollgate: the request body is not a JSON object"
+            )
         return None
 
     def missing_provider_key(self, call: Call) -> Refusal:
         provider = call.route.provider
         return Refusal(
-            503, "config", f"Tollgate has no API key for {provider}: set"
+            503,
+            "config",
+            f"Tollgate has no API key for {provider}: set"
             f" providers.{provider}.api_key in the policy",
         )
 
@@ -232,8 +256,14 @@ class Engine:
             self.book.settle(call.budgets, call.reserved, Decimal(0), call.started)
             call.budgets, call.reserved = [], Decimal(0)
         row = to_row(
-            call, usage=None, cost=Decimal(0), status=refusal.status, outcome="blocked",
-            reason=refusal.reason, response_model=None, ended_s=time.time(),
+            call,
+            usage=None,
+            cost=Decimal(0),
+            status=refusal.status,
+            outcome="blocked",
+            reason=refusal.reason,
+            response_model=None,
+            ended_s=time.time(),
         )
         self._record(row, [])
         logger.debug("tollgate: refused %s (%s)", call.id, refusal.reason)
@@ -258,10 +288,18 @@ class Engine:
             reason = reason or "unpriced model"
         changed = self.book.settle(call.budgets, call.reserved, cost, call.started)
         if call.rate_scopes and usage is not None:
-            self.limiter.correct_tokens(call.rate_scopes, usage.total_tokens - call.estimated_input)
+            self.limiter.correct_tokens(
+                call.rate_scopes, usage.total_tokens - call.estimated_input
+            )
         row = to_row(
-            call, usage=usage, cost=cost, status=status, outcome=outcome, reason=reason,
-            response_model=response_model, ended_s=time.time(),
+            call,
+            usage=usage,
+            cost=cost,
+            status=status,
+            outcome=outcome,
+            reason=reason,
+            response_model=response_model,
+            ended_s=time.time(),
         )
         self._record(row, changed)
 
@@ -271,8 +309,9 @@ class Engine:
             try:
                 observer.on_row(row, changed)
             except Exception:  # metrics or alerts must never cost a recorded call
-                logger.exception("tollgate: %s failed on a ledger row",
-                                 type(observer).__name__)
+                logger.exception(
+                    "tollgate: %s failed on a ledger row", type(observer).__name__
+                )
 
     def _price_as_answered(self, call: Call, response_model: str) -> None:
         """Price by the model the provider says it ran, when that has a price.
@@ -289,43 +328,68 @@ class Engine:
             pair = f"{call.price.key}->{answered.key}"
             if pair not in self._mismatch_logged and len(self._mismatch_logged) < 1000:
                 self._mismatch_logged.add(pair)
-                logger.warning("tollgate: a call for %r was answered by %r; such calls"
-                               " are priced as the model that answered",
-                               call.price.key, answered.key)
+                logger.warning(
+                    "tollgate: a call for %r was answered by %r; such calls"
+                    " are priced as the model that answered",
+                    call.price.key,
+                    answered.key,
+                )
         call.price = answered
 
     def _log_unpriced(self, model: str | None) -> None:
         name = model or "(none)"
         if name not in self._unpriced_logged and len(self._unpriced_logged) < 1000:
             self._unpriced_logged.add(name)
-            logger.warning("tollgate: no price for model %r; its calls are recorded"
-                           " with cost 0 and reason 'unpriced model'", name)
+            logger.warning(
+                "tollgate: no price for model %r; its calls are recorded"
+                " with cost 0 and reason 'unpriced model'",
+                name,
+            )
 
     def _ledger_state(self, store: str, ok: bool, reason: str) -> None:
         """Say once what broke (or healed) and what the gateway does about it."""
         path = self.ledger.path if store == "ledger" else self.ledger.journal_path
         if ok:
             other = "" if self.ledger.healthy else " (the other store is still down)"
-            logger.info("tollgate: %s %s is writable again; spooled calls are written"
-                        " to it%s", store, path, other)
+            logger.info(
+                "tollgate: %s %s is writable again; spooled calls are written to it%s",
+                store,
+                path,
+                other,
+            )
             return
         if store == "ledger":
             kept = f"kept in {self.ledger.journal_path} and memory and written"
         else:
             kept = "kept in memory only (a crash now loses them) and written"
         if self.policy.on_ledger_error == "fail_closed":
-            doing = ("on_ledger_error is fail_closed, so calls are refused with 503"
-                     " until it is back")
+            doing = (
+                "on_ledger_error is fail_closed, so calls are refused with 503"
+                " until it is back"
+            )
         else:
-            doing = ("on_ledger_error is keep_serving, so calls go on and budgets are"
-                     " enforced from memory")
+            doing = (
+                "on_ledger_error is keep_serving, so calls go on and budgets are"
+                " enforced from memory"
+            )
         first = reason.splitlines()[0] if reason else "unknown error"
-        logger.error("tollgate: cannot write the %s %s (%s); %s; finished calls are"
-                     " %s when it is back", store, path, first, doing, kept)
+        logger.error(
+            "tollgate: cannot write the %s %s (%s); %s; finished calls are"
+            " %s when it is back",
+            store,
+            path,
+            first,
+            doing,
+            kept,
+        )
 
 
 def same_definition(a: ScopeBudget, b: ScopeBudget) -> bool:
-    return (a.limit, a.duration, a.model_pattern) == (b.limit, b.duration, b.model_pattern)
+    return (a.limit, a.duration, a.model_pattern) == (
+        b.limit,
+        b.duration,
+        b.model_pattern,
+    )
 
 
 def _mtime(path: str) -> float:
@@ -348,7 +412,9 @@ class Clock:
                     f"budget_now: expected an ISO 8601 time, got {start!r}"
                 ) from None
             if target.tzinfo is None:
-                raise ConfigError(f"budget_now: {start!r} needs a UTC offset, e.g. +00:00")
+                raise ConfigError(
+                    f"budget_now: {start!r} needs a UTC offset, e.g. +00:00"
+                )
             self.offset = target - datetime.now(UTC)
 
     def now(self) -> datetime:

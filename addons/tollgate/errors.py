@@ -1,10 +1,10 @@
 """Exceptions raised by Tollgate.
 
-    TollgateError
-    ├── ConfigError        a policy or price file is wrong (file, line, path, value)
-    │   ├── PolicyError    the policy file
-    │   └── PriceError     the price table
-    └── LedgerError        the DuckDB ledger cannot be opened or written
+TollgateError
+├── ConfigError        a policy or price file is wrong (file, line, path, value)
+│   ├── PolicyError    the policy file
+│   └── PriceError     the price table
+└── LedgerError        the DuckDB ledger cannot be opened or written
 """
 
 

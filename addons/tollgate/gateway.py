@@ -62,42 +62,57 @@ class BudgetGuard:
         self._unmetered_logged: set[str] = set()
 
     def load(self, loader: Loader) -> None:
-        errorcheck = ctx.master.addons.get("errorcheck")  # type: ignore[no-untyped-call]
+        addons = ctx.master.addons
+        errorcheck = addons.get("errorcheck")  # type: ignore[no-untyped-call]
         if errorcheck is not None:
             # mitmproxy exits on any ERROR logged before it runs. Tollgate raises
             # for what must stop it (a bad policy); its ERROR lines about a ledger
             # or metrics port that is down at start report a degraded service.
             errorcheck.logger.addFilter(lambda r: not r.name.startswith("tollgate"))
         loader.add_option(
-            "budget_policy", str, "",
+            "budget_policy",
+            str,
+            "",
             "Policy YAML with budgets, model allow-lists, rate limits and keys, e.g."
             " policies/example.yaml. Empty: the built-in policy that meters every"
             " call and refuses none.",
         )
         loader.add_option(
-            "budget_db", str, "spend.duckdb",
+            "budget_db",
+            str,
+            "spend.duckdb",
             "DuckDB file of the spend ledger; a journal file sits beside it.",
         )
         loader.add_option(
-            "budget_prices", str, "",
+            "budget_prices",
+            str,
+            "",
             "Price table YAML (USD per million tokens). Empty: the shipped"
             " policies/prices.yaml.",
         )
         loader.add_option(
-            "budget_now", str, "",
+            "budget_now",
+            str,
+            "",
             "Start the budget clock at this ISO 8601 time instead of now, e.g."
             " 2026-01-31T23:59:00+00:00 (for rehearsing window resets).",
         )
         loader.add_option(
-            "budget_metrics_port", int, 9464,
+            "budget_metrics_port",
+            int,
+            9464,
             "Port of the Prometheus /metrics endpoint; 0 turns it off.",
         )
         loader.add_option(
-            "budget_metrics_host", str, "127.0.0.1",
+            "budget_metrics_host",
+            str,
+            "127.0.0.1",
             "Address the /metrics endpoint binds to.",
         )
         loader.add_option(
-            "budget_drain_s", int, 30,
+            "budget_drain_s",
+            int,
+            30,
             "Seconds a stopping gateway (SIGTERM, SIGINT) waits for calls in flight"
             " to finish before it records them as aborted and exits.",
         )
@@ -112,7 +127,8 @@ class BudgetGuard:
             else:
                 self.engine.reconfigure(ctx.options, updated)
         except TollgateError as e:
-            raise exceptions.OptionsError(str(e)) from e  # type: ignore[no-untyped-call]
+            error = exceptions.OptionsError(str(e))  # type: ignore[no-untyped-call]
+            raise error from e
 
     def running(self) -> None:
         if self.engine is not None:
@@ -133,14 +149,20 @@ class BudgetGuard:
     async def _drain(self, engine: Engine, limit_s: float) -> None:
         """Let calls in flight finish; record those still running at the deadline."""
         if self._inflight:
-            logger.info("tollgate: stopping; waiting up to %s s for %d calls in flight",
-                        limit_s, len(self._inflight))
+            logger.info(
+                "tollgate: stopping; waiting up to %s s for %d calls in flight",
+                limit_s,
+                len(self._inflight),
+            )
         deadline = time.monotonic() + limit_s
         while self._inflight and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         if self._inflight:
-            logger.warning("tollgate: %d calls still running at shutdown are recorded"
-                           " as aborted with what was seen", len(self._inflight))
+            logger.warning(
+                "tollgate: %d calls still running at shutdown are recorded"
+                " as aborted with what was seen",
+                len(self._inflight),
+            )
         for flow in list(self._inflight.values()):
             self._finish(flow, aborted="gateway stopped")
         self._inflight.clear()
@@ -160,8 +182,9 @@ class BudgetGuard:
         try:
             self._open_call(flow, engine)
         except Exception:  # an unclassified provider call must not pass unmetered
-            logger.exception("tollgate: reading request headers failed for flow %s",
-                             flow.id)
+            logger.exception(
+                "tollgate: reading request headers failed for flow %s", flow.id
+            )
             flow.response = http.Response.make(
                 500, b"Tollgate: internal error", {"content-type": "text/plain"}
             )
@@ -200,8 +223,12 @@ class BudgetGuard:
         began = time.perf_counter()
         try:
             if self._stopping:
-                refusal = Refusal(503, "stopping", "Tollgate: the gateway is stopping;"
-                                  " retry in a moment", retry_after_s=1)
+                refusal = Refusal(
+                    503,
+                    "stopping",
+                    "Tollgate: the gateway is stopping; retry in a moment",
+                    retry_after_s=1,
+                )
                 self._refuse(flow, call, engine, refusal)
             elif call.route.endpoint in ("other", "batches"):
                 self._pass_other(flow, call, engine)
@@ -236,11 +263,18 @@ class BudgetGuard:
         principal = identify(engine.policy, secret, None)
         real = engine.policy.provider_keys.get(call.route.provider)
         if principal.refusal is not None:
-            self._refuse(flow, call, engine, Refusal(401, "auth", f"Tollgate: {principal.refusal}"))
+            self._refuse(
+                flow,
+                call,
+                engine,
+                Refusal(401, "auth", f"Tollgate: {principal.refusal}"),
+            )
         elif real is None:
             self._refuse(flow, call, engine, engine.missing_provider_key(call))
         elif not flow.metadata.get(TRUSTED):
-            self._refuse(flow, call, engine, untrusted_refusal(flow.metadata[DESTINATION]))
+            self._refuse(
+                flow, call, engine, untrusted_refusal(flow.metadata[DESTINATION])
+            )
         else:
             swap_credential(request, secret, real, call.route.provider)
 
@@ -249,8 +283,11 @@ class BudgetGuard:
         if key in self._unmetered_logged or len(self._unmetered_logged) >= 100:
             return
         self._unmetered_logged.add(key)
-        logger.warning("tollgate: %s; it passed because no limit applies and is"
-                       " recorded with reason 'not metered'", why)
+        logger.warning(
+            "tollgate: %s; it passed because no limit applies and is"
+            " recorded with reason 'not metered'",
+            why,
+        )
 
     def _admit(self, flow: http.HTTPFlow, call: Call, engine: Engine) -> None:
         request = flow.request
@@ -299,7 +336,9 @@ class BudgetGuard:
                 self._refuse(flow, call, engine, engine.missing_provider_key(call))
                 return
             if not flow.metadata.get(TRUSTED):
-                self._refuse(flow, call, engine, untrusted_refusal(flow.metadata[DESTINATION]))
+                self._refuse(
+                    flow, call, engine, untrusted_refusal(flow.metadata[DESTINATION])
+                )
                 return
             swap_credential(request, secret, real, call.route.provider)
         if body is not None and call.facts.changed:
@@ -386,7 +425,9 @@ class BudgetGuard:
         else:
             outcome = "ok"
             if call.route.billable and flow.response is not None:
-                usage, model = providers.usage_from_body(call.route, parse_body(flow.response))
+                usage, model = providers.usage_from_body(
+                    call.route, parse_body(flow.response)
+                )
                 if usage is None:
                     outcome, reason = "ok", "no usage in response"
         engine.settle(call, usage, status, outcome, reason, model)
@@ -394,7 +435,9 @@ class BudgetGuard:
     def _refuse(
         self, flow: http.HTTPFlow, call: Call, engine: Engine, refusal: Refusal
     ) -> None:
-        status, body = providers.error_body(call.route.provider, refusal.status, refusal.message)
+        status, body = providers.error_body(
+            call.route.provider, refusal.status, refusal.message
+        )
         headers = {
             "content-type": "application/json",
             "x-should-retry": "true" if refusal.retry_after_s else "false",

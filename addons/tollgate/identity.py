@@ -55,7 +55,9 @@ def short(digest: str) -> str:
     return digest[:12]
 
 
-def presented_secret(headers: Mapping[str, str], query: Mapping[str, str]) -> str | None:
+def presented_secret(
+    headers: Mapping[str, str], query: Mapping[str, str]
+) -> str | None:
     """The provider credential in a request, in the order the SDKs send them."""
     for name in CREDENTIAL_HEADERS:
         value = headers.get(name)
@@ -92,9 +94,7 @@ def _find(policy: Policy, digest: str) -> Key | None:
     return None
 
 
-def identify(
-    policy: Policy, secret: str | None, proxy_token: str | None
-) -> Principal:
+def identify(policy: Policy, secret: str | None, proxy_token: str | None) -> Principal:
     """Map the presented credentials to a Principal, or to a refusal reason."""
     if proxy_token is not None:
         key = _find(policy, fingerprint(proxy_token))

@@ -34,8 +34,16 @@ logger = logging.getLogger(__name__)
 
 Row = dict[str, Any]
 BUDGET_FIELDS = (
-    "id", "ts", "user_id", "team", "key_alias", "key_fingerprint", "tags",
-    "model", "price_model", "cost_usd",
+    "id",
+    "ts",
+    "user_id",
+    "team",
+    "key_alias",
+    "key_fingerprint",
+    "tags",
+    "model",
+    "price_model",
+    "cost_usd",
 )
 JOURNAL_ROTATE_BYTES = 4 * 1024 * 1024
 STOP_RETRY_S = 3.0
@@ -106,9 +114,13 @@ class Ledger:
         replayed = self.journal.read()
         if self._write(replayed):
             if replayed:
-                logger.info("ledger: %d journal rows replayed into %s, %d of them"
-                            " missing from it", len(replayed), self.path,
-                            self.rows_written)
+                logger.info(
+                    "ledger: %d journal rows replayed into %s, %d of them"
+                    " missing from it",
+                    len(replayed),
+                    self.path,
+                    self.rows_written,
+                )
                 self.journal.truncate()
         else:
             for row in replayed:
@@ -141,8 +153,12 @@ class Ledger:
             kept = "the journal keeps them for the next start"
             if not self.journal.ok:
                 kept = "the journal failed too, so those it missed are lost"
-            logger.error("ledger: %d rows not written to %s at shutdown; %s",
-                         left, self.path, kept)
+            logger.error(
+                "ledger: %d rows not written to %s at shutdown; %s",
+                left,
+                self.path,
+                kept,
+            )
         self._thread = None
         self.journal.close()
 
@@ -267,8 +283,11 @@ class Ledger:
                 self._reject(row, e)
                 continue
             if emptied:
-                logger.warning("ledger: row %s stored without %s (values DuckDB"
-                               " refuses)", row.get("id"), ", ".join(emptied))
+                logger.warning(
+                    "ledger: row %s stored without %s (values DuckDB refuses)",
+                    row.get("id"),
+                    ", ".join(emptied),
+                )
         return written
 
     def _reject(self, row: Row, error: Exception) -> None:
@@ -279,8 +298,12 @@ class Ledger:
                 out.write(json.dumps(row, default=str) + "\n")
         except OSError as e:
             where = f"nowhere ({e.strerror}): it is lost"
-        logger.error("ledger: row %s refused by DuckDB (%s); set aside in %s",
-                     row.get("id"), str(error).splitlines()[0], where)
+        logger.error(
+            "ledger: row %s refused by DuckDB (%s); set aside in %s",
+            row.get("id"),
+            str(error).splitlines()[0],
+            where,
+        )
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         # One DuckDB thread: a batch insert needs no more, and the proxy keeps the CPU.
@@ -305,8 +328,11 @@ class Ledger:
         if ok:
             logger.info("ledger: %s writable again", path)
         else:
-            logger.error("ledger: cannot write %s (%s); rows are kept and retried",
-                         path, reason.splitlines()[0] if reason else "unknown error")
+            logger.error(
+                "ledger: cannot write %s (%s); rows are kept and retried",
+                path,
+                reason.splitlines()[0] if reason else "unknown error",
+            )
 
 
 def _inserted(cursor: duckdb.DuckDBPyConnection) -> int:

@@ -362,7 +362,9 @@ def _deployments(check: Checker, value: object) -> dict[str, str]:
     found: dict[str, str] = {}
     for name, ypath, model in check.entries(value, "azure_deployments"):
         if not isinstance(model, str) or not model.strip():
-            check.fail(ypath, f"expected the model id the deployment serves, got {model!r}")
+            check.fail(
+                ypath, f"expected the model id the deployment serves, got {model!r}"
+            )
             continue
         found[name] = model.strip()
     return found

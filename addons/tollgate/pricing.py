@@ -5,10 +5,10 @@ id (dated snapshot, Bedrock, Vertex, OpenRouter) to one entry, or to None when u
 """
 
 import re
-from functools import lru_cache
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation, localcontext
+from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any

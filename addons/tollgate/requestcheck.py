@@ -21,8 +21,9 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 _API_PATH = re.compile(r"/(v1|v1beta|v1alpha|openai|ws|upload)/")
 # Calls that change state but cost nothing (uploads, cancels, moderation).
 _FREE = re.compile(
-    r"/v1/files$|/v1/uploads(/.*)?$|/v1/moderations$|/v1/(messages/)?batches/[^/]+/cancel$"
-    r"|/v1/responses/[^/]+/cancel$|/v1/chat/completions/[^/]+$|/v1beta/files$"
+    r"/v1/files$|/v1/uploads(/.*)?$|/v1/moderations$"
+    r"|/v1/(messages/)?batches/[^/]+/cancel$|/v1/responses/[^/]+/cancel$"
+    r"|/v1/chat/completions/[^/]+$|/v1beta/files$"
 )
 _DECODER = json.JSONDecoder()
 _scan_string = json.decoder.scanstring  # type: ignore[attr-defined]

@@ -1,7 +1,7 @@
 """Incremental decoding of server-sent events (WHATWG HTML, "event stream" section).
 
 Bytes go in as they arrive, split anywhere; whole events come out. No I/O, no logging.
-https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stream-interpretation  # noqa: E501
+https://html.spec.whatwg.org/multipage/server-sent-events.html
 """
 
 from dataclasses import dataclass
@@ -71,8 +71,8 @@ class SSEDecoder:
             self._event, self._data = "", []
             return
         if raw.startswith(b"data:"):
-            value = raw[6:] if raw.startswith(b"data: ") else raw[5:]
-            self._data.append(value.decode("utf-8", "replace"))
+            payload = raw[6:] if raw.startswith(b"data: ") else raw[5:]
+            self._data.append(payload.decode("utf-8", "replace"))
             return
         line = raw.decode("utf-8", "replace")
         if line.startswith(":"):

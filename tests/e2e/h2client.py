@@ -42,9 +42,14 @@ def post_many(
         answers: dict[int, Answer] = {}
         for path, headers, body in requests:
             stream = connection.get_next_available_stream_id()
-            head = [(":method", "POST"), (":path", path), (":scheme", "https"),
-                    (":authority", "localhost"), ("content-length", str(len(body))),
-                    *headers.items()]
+            head = [
+                (":method", "POST"),
+                (":path", path),
+                (":scheme", "https"),
+                (":authority", "localhost"),
+                ("content-length", str(len(body))),
+                *headers.items(),
+            ]
             connection.send_headers(stream, head)
             connection.send_data(stream, body, end_stream=True)
             answers[stream] = Answer()
@@ -70,7 +75,9 @@ def _apply(
         answers[event.stream_id].status = int(status)
     elif isinstance(event, h2.events.DataReceived):
         answers[event.stream_id].body += event.data
-        connection.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        connection.acknowledge_received_data(
+            event.flow_controlled_length, event.stream_id
+        )
     elif isinstance(event, h2.events.StreamEnded):
         answers[event.stream_id].ended = True
     elif isinstance(event, h2.events.StreamReset):

@@ -16,9 +16,10 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from faultkit import SmallDisk, held, wait_for
 
-from faultkit import SmallDisk, held, small_disk, wait_for  # noqa: F401
 from harness import FakeProvider, Gateway, ledger_rows, wait_rows
+
 from .hardening import BODY, KEYS, call, gauge, refusal_reason, scrape, start
 
 pytestmark = pytest.mark.e2e
@@ -43,8 +44,9 @@ def load_call(port: int, n: int) -> tuple[str, bool]:
     }
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
     try:
-        connection.request("POST", "/v1/messages", json.dumps({**BODY, "stream": stream}),
-                           headers)
+        connection.request(
+            "POST", "/v1/messages", json.dumps({**BODY, "stream": stream}), headers
+        )
         response = connection.getresponse()
         data = response.read()
     except (OSError, http.client.HTTPException):
@@ -59,9 +61,14 @@ def load_call(port: int, n: int) -> tuple[str, bool]:
 def run_phase(gateway: Gateway, first: int, count: int) -> tuple[list[str], int]:
     """Send `count` calls from 16 threads, kill -9 the gateway mid-way."""
     with ThreadPoolExecutor(16) as pool:
-        futures = [pool.submit(load_call, gateway.port, n) for n in range(first, first + count)]
-        wait_for(lambda: sum(f.done() and f.result()[1] for f in futures) >= KILL_AFTER,
-                 timeout_s=30, every_s=0.005)
+        futures = [
+            pool.submit(load_call, gateway.port, n) for n in range(first, first + count)
+        ]
+        wait_for(
+            lambda: sum(f.done() and f.result()[1] for f in futures) >= KILL_AFTER,
+            timeout_s=30,
+            every_s=0.005,
+        )
         gateway.proc.send_signal(signal.SIGKILL)
         results = [f.result() for f in futures]
     gateway.close()
@@ -75,8 +82,9 @@ def log_of(gateway: Gateway) -> str:
 
 def missing_rows_replayed(gateway: Gateway) -> int:
     """Rows the journal held that DuckDB did not, as the start-up log says."""
-    found = re.findall(r"journal rows replayed into .*?, (\d+) of them missing",
-                       gateway.log_text())
+    found = re.findall(
+        r"journal rows replayed into .*?, (\d+) of them missing", gateway.log_text()
+    )
     return sum(int(n) for n in found)
 
 
@@ -105,26 +113,38 @@ def test_no_completed_call_lost_when_gateway_killed_under_load(
     tags = {tag for row in rows for tag in row["tags"]}
     lost = sorted(set(completed) - tags)
     org_sum = sum((r["cost_usd"] for r in rows), Decimal(0))
-    carol_sum = sum((r["cost_usd"] for r in rows if r["user_id"] == "carol"), Decimal(0))
-    print(f"\nFIGURES kill-9: calls={LOAD_CALLS} kills=2 completed={len(completed)}"
-          f" rows={len(rows)} missing_from_duckdb_replayed={recovered} lost={len(lost)}"
-          f" carol_spent={carol_sum} cap={CAROL_CAP}"
-          f" overshoot={max(carol_sum - CAROL_CAP, Decimal(0))}")
+    carol_sum = sum(
+        (r["cost_usd"] for r in rows if r["user_id"] == "carol"), Decimal(0)
+    )
+    print(
+        f"\nFIGURES kill-9: calls={LOAD_CALLS} kills=2 completed={len(completed)}"
+        f" rows={len(rows)} missing_from_duckdb_replayed={recovered} lost={len(lost)}"
+        f" carol_spent={carol_sum} cap={CAROL_CAP}"
+        f" overshoot={max(carol_sum - CAROL_CAP, Decimal(0))}"
+    )
     assert lost == []
     assert len(completed) >= 2 * KILL_AFTER
-    assert gauge(page, "tollgate_budget_spent_usd", "org") == pytest.approx(float(org_sum))
+    assert gauge(page, "tollgate_budget_spent_usd", "org") == pytest.approx(
+        float(org_sum)
+    )
     assert gauge(page, "tollgate_budget_spent_usd", "user:carol") == pytest.approx(
-        float(carol_sum))
+        float(carol_sum)
+    )
     assert carol_sum <= CAROL_CAP
 
 
 def stream_reader(port: int, started: threading.Semaphore, out: list[bytes]) -> None:
-    headers = {"x-api-key": KEYS["bob"], "content-type": "application/json",
-               "x-fake-events": "20", "x-fake-delay-ms": "50"}
+    headers = {
+        "x-api-key": KEYS["bob"],
+        "content-type": "application/json",
+        "x-fake-events": "20",
+        "x-fake-delay-ms": "50",
+    }
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
-        connection.request("POST", "/v1/messages", json.dumps({**BODY, "stream": True}),
-                           headers)
+        connection.request(
+            "POST", "/v1/messages", json.dumps({**BODY, "stream": True}), headers
+        )
         response = connection.getresponse()
         first = response.read(1)
         started.release()
@@ -139,8 +159,10 @@ def stream_reader(port: int, started: threading.Semaphore, out: list[bytes]) -> 
 def open_streams(port: int, count: int) -> tuple[list[threading.Thread], list[bytes]]:
     started = threading.Semaphore(0)
     out: list[bytes] = []
-    threads = [threading.Thread(target=stream_reader, args=(port, started, out))
-               for _ in range(count)]
+    threads = [
+        threading.Thread(target=stream_reader, args=(port, started, out))
+        for _ in range(count)
+    ]
     for thread in threads:
         thread.start()
     for _ in threads:
@@ -183,7 +205,10 @@ def test_call_recorded_as_aborted_when_it_outlasts_the_drain(
     slow.join(20)
     [row] = ledger_rows(gateway.db)
     assert (row["outcome"], row["reason"], row["usage_estimated"]) == (
-        "aborted", "gateway stopped", True)
+        "aborted",
+        "gateway stopped",
+        True,
+    )
     assert row["cost_usd"] > 0
 
 
@@ -238,7 +263,8 @@ def test_calls_refused_then_resume_when_fail_closed_and_ledger_corrupted(
 
 
 @pytest.mark.parametrize(
-    ("mode", "status"), [("keep_serving", 200), ("fail_closed", 503)],
+    ("mode", "status"),
+    [("keep_serving", 200), ("fail_closed", 503)],
     ids=["keep_serving", "fail_closed"],
 )
 def test_journal_fault_logged_once_and_policy_followed_when_journal_unwritable(
@@ -265,7 +291,10 @@ def test_gateway_serves_and_rebuilds_budgets_when_corrupt_ledger_replaced(
     db.write_bytes(b"not a ledger\n" * 1000)
     gateway, metrics = start(tmp_path, fake, {"bob": "{max_budget: 5}"})
     try:
-        assert call(gateway.port, headers={"x-fake-usage": "input=1000,output=0"})[0] == 200
+        assert (
+            call(gateway.port, headers={"x-fake-usage": "input=1000,output=0"})[0]
+            == 200
+        )
         log = gateway.log_text()
         assert "the ledger cannot be read" in log and "cannot write the ledger" in log
         db.rename(tmp_path / "spend.duckdb.corrupt")

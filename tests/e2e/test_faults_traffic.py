@@ -17,8 +17,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-
 from faultkit import wait_for
+
 from harness import FakeProvider, Gateway, free_port, wait_rows
 
 from .h2client import post_many
@@ -51,8 +51,9 @@ def row_of(gateway: Gateway, tag: str) -> dict[str, Any]:
 
 def assert_released(gateway: Gateway, metrics: int) -> None:
     """No reservation left behind, and bob's next big call is admitted."""
-    assert wait_for(lambda: gauge(scrape(metrics), "tollgate_budget_reserved_usd",
-                                  "user:bob") == 0)
+    assert wait_for(
+        lambda: gauge(scrape(metrics), "tollgate_budget_reserved_usd", "user:bob") == 0
+    )
     assert call(gateway.port, body=BIG)[0] == 200
 
 
@@ -66,11 +67,16 @@ def test_provider_error_passed_on_and_recorded_when_upstream_fails(
 ) -> None:
     gateway, metrics = guarded
     tag = f"t:{status}"
-    got, _, body = call(gateway.port, body=BIG,
-                        headers=tagged(tag, **{"x-fake-status": str(status)}))
+    got, _, body = call(
+        gateway.port, body=BIG, headers=tagged(tag, **{"x-fake-status": str(status)})
+    )
     assert (got, json.loads(body)["error"]["type"]) == (status, kind)
     row = row_of(gateway, tag)
-    assert (row["status"], row["outcome"], row["cost_usd"]) == (status, "upstream_error", 0)
+    assert (row["status"], row["outcome"], row["cost_usd"]) == (
+        status,
+        "upstream_error",
+        0,
+    )
     assert_released(gateway, metrics)
 
 
@@ -78,10 +84,13 @@ def test_cut_stream_reaches_client_and_input_recorded_when_upstream_resets(
     guarded: tuple[Gateway, int],
 ) -> None:
     gateway, metrics = guarded
-    headers = tagged("t:cut", **{"x-fake-cut-after": "3",
-                                 "x-fake-usage": "input=900,output=50"})
+    headers = tagged(
+        "t:cut", **{"x-fake-cut-after": "3", "x-fake-usage": "input=900,output=50"}
+    )
     try:
-        status, _, body = call(gateway.port, body={**BIG, "stream": True}, headers=headers)
+        status, _, body = call(
+            gateway.port, body={**BIG, "stream": True}, headers=headers
+        )
         assert status == 200 and b"message_stop" not in body
     except (http.client.HTTPException, OSError):
         pass  # the cut may also reach the client as a broken chunked body
@@ -96,8 +105,12 @@ def test_stalled_call_recorded_as_aborted_when_client_gives_up(
 ) -> None:
     gateway, metrics = guarded
     with pytest.raises(TimeoutError):
-        call(gateway.port, body=BIG, timeout=0.5,
-             headers=tagged("t:stall", **{"x-fake-stall-ms": "3000"}))
+        call(
+            gateway.port,
+            body=BIG,
+            timeout=0.5,
+            headers=tagged("t:stall", **{"x-fake-stall-ms": "3000"}),
+        )
     row = row_of(gateway, "t:stall")
     assert (row["outcome"], row["cost_usd"]) == ("aborted", 0)
     assert_released(gateway, metrics)
@@ -105,8 +118,9 @@ def test_stalled_call_recorded_as_aborted_when_client_gives_up(
 
 def test_stalled_call_succeeds_when_client_waits(guarded: tuple[Gateway, int]) -> None:
     gateway, metrics = guarded
-    status, _, _ = call(gateway.port, body=BIG,
-                        headers=tagged("t:wait", **{"x-fake-stall-ms": "400"}))
+    status, _, _ = call(
+        gateway.port, body=BIG, headers=tagged("t:wait", **{"x-fake-stall-ms": "400"})
+    )
     assert status == 200 and row_of(gateway, "t:wait")["outcome"] == "ok"
     assert_released(gateway, metrics)
 
@@ -116,12 +130,21 @@ def test_disconnected_stream_recorded_when_client_leaves_mid_stream(
 ) -> None:
     gateway, metrics = guarded
     body = json.dumps({**BIG, "stream": True}).encode()
-    head = "".join(f"{k}: {v}\r\n" for k, v in {
-        "x-api-key": KEYS["bob"], "content-type": "application/json",
-        "content-length": str(len(body)), "x-tollgate-tags": "t:leave",
-        "x-fake-events": "50", "x-fake-delay-ms": "30"}.items())
+    head = "".join(
+        f"{k}: {v}\r\n"
+        for k, v in {
+            "x-api-key": KEYS["bob"],
+            "content-type": "application/json",
+            "content-length": str(len(body)),
+            "x-tollgate-tags": "t:leave",
+            "x-fake-events": "50",
+            "x-fake-delay-ms": "30",
+        }.items()
+    )
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
-        sock.sendall(f"POST /v1/messages HTTP/1.1\r\nhost: x\r\n{head}\r\n".encode() + body)
+        sock.sendall(
+            f"POST /v1/messages HTTP/1.1\r\nhost: x\r\n{head}\r\n".encode() + body
+        )
         received = b""
         while received.count(b"content_block_delta") < 3:
             received += sock.recv(65536)
@@ -135,15 +158,24 @@ def test_whole_stream_recorded_when_client_reads_slowly(
 ) -> None:
     gateway, metrics = guarded
     body = json.dumps({**BIG, "stream": True}).encode()
-    head = "".join(f"{k}: {v}\r\n" for k, v in {
-        "x-api-key": KEYS["bob"], "content-type": "application/json",
-        "content-length": str(len(body)), "x-tollgate-tags": "t:slow",
-        "x-fake-events": "400", "x-fake-usage": "input=10,output=400",
-        "connection": "close"}.items())
+    head = "".join(
+        f"{k}: {v}\r\n"
+        for k, v in {
+            "x-api-key": KEYS["bob"],
+            "content-type": "application/json",
+            "content-length": str(len(body)),
+            "x-tollgate-tags": "t:slow",
+            "x-fake-events": "400",
+            "x-fake-usage": "input=10,output=400",
+            "connection": "close",
+        }.items()
+    )
     received = b""
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.sendall(f"POST /v1/messages HTTP/1.1\r\nhost: x\r\n{head}\r\n".encode() + body)
+        sock.sendall(
+            f"POST /v1/messages HTTP/1.1\r\nhost: x\r\n{head}\r\n".encode() + body
+        )
         while piece := sock.recv(512):
             received += piece
             time.sleep(0.002)
@@ -151,7 +183,10 @@ def test_whole_stream_recorded_when_client_reads_slowly(
     assert b"message_stop" in received
     row = row_of(gateway, "t:slow")
     assert (row["outcome"], row["output_tokens"], row["usage_estimated"]) == (
-        "ok", 400, False)
+        "ok",
+        400,
+        False,
+    )
     assert_released(gateway, metrics)
 
 
@@ -161,16 +196,26 @@ def test_every_stream_recorded_when_http2_client_multiplexes(
     gateway, metrics = guarded
     body = json.dumps({**BODY, "stream": True}).encode()
     requests = [
-        ("/v1/messages", {"x-api-key": KEYS["carol"], "content-type": "application/json",
-                          "x-tollgate-tags": f"t:h2:{i}", "x-fake-events": "10",
-                          "x-fake-delay-ms": "20"}, body)
+        (
+            "/v1/messages",
+            {
+                "x-api-key": KEYS["carol"],
+                "content-type": "application/json",
+                "x-tollgate-tags": f"t:h2:{i}",
+                "x-fake-events": "10",
+                "x-fake-delay-ms": "20",
+            },
+            body,
+        )
         for i in range(24)
     ]
     answers = post_many(gateway.port, gateway.ca, requests)
     assert [a.status for a in answers] == [200] * 24
     assert all(a.ended and b"message_stop" in a.body for a in answers)
     rows = wait_rows(gateway.db, 24, "user_id = 'carol'")
-    assert sorted(t for r in rows for t in r["tags"]) == sorted(f"t:h2:{i}" for i in range(24))
+    assert sorted(t for r in rows for t in r["tags"]) == sorted(
+        f"t:h2:{i}" for i in range(24)
+    )
     assert all(r["outcome"] == "ok" for r in rows)
     assert_released(gateway, metrics)
 
@@ -233,8 +278,10 @@ class ScriptHandler(socketserver.StreamRequestHandler):
             headers[name.strip().lower()] = value.strip()
         self.rfile.read(int(headers.get("content-length", "0")))
         script = MALFORMED[headers.get("x-script", "junk")]
-        self.wfile.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-                         b"connection: close\r\n\r\n" + script)
+        self.wfile.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            b"connection: close\r\n\r\n" + script
+        )
 
 
 @pytest.mark.parametrize("script", sorted(MALFORMED))
@@ -246,8 +293,9 @@ def test_malformed_stream_passed_on_unchanged_and_recorded_when_upstream_garbles
     thread.start()
     gateway, metrics = start(tmp_path, upstream, USERS)
     try:
-        status, _, body = call(gateway.port, body={**BIG, "stream": True},
-                               headers={"x-script": script})
+        status, _, body = call(
+            gateway.port, body={**BIG, "stream": True}, headers={"x-script": script}
+        )
         [row] = wait_rows(gateway.db, 1)
         reserved = gauge(scrape(metrics), "tollgate_budget_reserved_usd", "user:bob")
     finally:

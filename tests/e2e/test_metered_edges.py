@@ -228,7 +228,8 @@ def test_gateway_fields_stripped_when_forwarded_to_provider(
     seen = [
         r
         for r in fake.requests()
-        if isinstance(r["body"], dict) and r["body"].get("metadata") == {"user_id": "u1"}
+        if isinstance(r["body"], dict)
+        and r["body"].get("metadata") == {"user_id": "u1"}
     ]
     assert seen, "the provider never saw the call"
     assert not any(h.startswith("x-tollgate") for h in seen[-1]["headers"])

@@ -338,8 +338,10 @@ def test_concurrent_streams_stay_under_cap_when_reservations_hold(
         gateway.close()
     spent = sum((r["cost_usd"] for r in rows), Decimal(0))
     admitted = statuses.count(200)
-    print(f"\nFIGURES concurrency: calls=20 admitted={admitted} spent={spent}"
-          f" cap={cap} overshoot={max(spent - cap, Decimal(0))}")
+    print(
+        f"\nFIGURES concurrency: calls=20 admitted={admitted} spent={spent}"
+        f" cap={cap} overshoot={max(spent - cap, Decimal(0))}"
+    )
     assert statuses.count(402) == 20 - admitted
     assert 1 <= admitted <= 5
     assert spent == Decimal("0.00462") * admitted <= cap
@@ -478,8 +480,7 @@ def test_azure_deployment_priced_as_its_model_when_mapped(
 ) -> None:
     policy = tmp_path / "policy.yaml"
     policy.write_text(
-        "version: 1\norg: {max_budget: 10}\n"
-        "azure_deployments: {gpt4o-prod: gpt-4o}\n"
+        "version: 1\norg: {max_budget: 10}\nazure_deployments: {gpt4o-prod: gpt-4o}\n"
     )
     gateway = Gateway(tmp_path, fake, policy=policy)
     try:
@@ -488,8 +489,11 @@ def test_azure_deployment_priced_as_its_model_when_mapped(
             "POST",
             "/openai/deployments/gpt4o-prod/chat/completions?api-version=2024-10-21",
             json.dumps({"messages": [{"role": "user", "content": "hi"}]}),
-            {"api-key": "azure-key", "content-type": "application/json",
-             "x-fake-usage": "input=1000,output=100"},
+            {
+                "api-key": "azure-key",
+                "content-type": "application/json",
+                "x-fake-usage": "input=1000,output=100",
+            },
         )
         response = connection.getresponse()
         assert response.status == 200, response.read()

@@ -62,15 +62,28 @@ def test_no_secret_or_prompt_kept_or_shown_when_traffic_used_known_secrets(
     answers = [
         call(gateway.port, body=prompt),
         call(gateway.port, body={**prompt, "stream": True}),
-        call(gateway.port, None, body=prompt,
-             headers={"authorization": f"Bearer {KEYS['dave']}"}),
+        call(
+            gateway.port,
+            None,
+            body=prompt,
+            headers={"authorization": f"Bearer {KEYS['dave']}"},
+        ),
         call(gateway.port, "carol", body={**prompt, "model": "claude-opus-4-1"}),
         call(gateway.port, None, body=prompt, headers={"x-api-key": FORGED}),
         call(gateway.port, None, body=prompt, headers={"x-api-key": STRANGER}),
-        call(gateway.port, None, body=prompt, headers={"proxy-authorization": f"Basic {basic}"}),
+        call(
+            gateway.port,
+            None,
+            body=prompt,
+            headers={"proxy-authorization": f"Basic {basic}"},
+        ),
         call(gateway.port, body=prompt, headers={"x-fake-status": "500"}),
-        call(gateway.port, None, body={"contents": [{"parts": [{"text": PROMPT}]}]},
-             path=f"/v1beta/models/gemini-2.5-flash:generateContent?key={KEYS['bob']}"),
+        call(
+            gateway.port,
+            None,
+            body={"contents": [{"parts": [{"text": PROMPT}]}]},
+            path=f"/v1beta/models/gemini-2.5-flash:generateContent?key={KEYS['bob']}",
+        ),
         call(gateway.port, body={**prompt, "max_tokens": 10**7}),
     ]
     page = scrape(metrics)
@@ -93,9 +106,13 @@ def test_no_secret_or_prompt_kept_or_shown_when_traffic_used_known_secrets(
     expected = {hashlib.sha256(k.encode()).hexdigest()[:12] for k in KEYS.values()}
     fingerprints = {r["key_fingerprint"] for r in rows} - {None}
     assert fingerprints and fingerprints <= expected | {
-        hashlib.sha256(STRANGER.encode()).hexdigest()[:12]}
-    assert not any(r["key_fingerprint"] for r in rows if r["user_id"] is None
-                   and r["outcome"] != "blocked")
+        hashlib.sha256(STRANGER.encode()).hexdigest()[:12]
+    }
+    assert not any(
+        r["key_fingerprint"]
+        for r in rows
+        if r["user_id"] is None and r["outcome"] != "blocked"
+    )
 
 
 def test_metrics_listen_on_loopback_only_when_no_host_is_set(
@@ -126,11 +143,15 @@ def test_identity_comes_from_the_key_when_client_sets_identity_headers(
 ) -> None:
     gateway, _ = guarded
     tag = f"id:{uuid.uuid4().hex[:8]}"
-    assert call(gateway.port, "dave", headers={**headers, "x-tollgate-tags": tag})[0] == 200
+    assert (
+        call(gateway.port, "dave", headers={**headers, "x-tollgate-tags": tag})[0]
+        == 200
+    )
     [row] = wait_rows(gateway.db, 1, f"list_contains(tags, '{tag}')")
     assert (row["user_id"], row["key_alias"]) == ("dave", "dave-key")
-    status, answer_headers, _ = call(gateway.port, None, headers={**headers,
-                                     "x-api-key": STRANGER})
+    status, answer_headers, _ = call(
+        gateway.port, None, headers={**headers, "x-api-key": STRANGER}
+    )
     assert (status, refusal_reason(answer_headers)) == (401, "auth")
 
 
@@ -146,8 +167,16 @@ def test_identity_comes_from_the_key_when_client_sets_identity_headers(
         {"authorization": f"Token {KEYS['bob']}"},
         {"x-api-key": f"{KEYS['bob']}x"},
     ],
-    ids=["none", "forged", "stranger", "empty", "empty-bearer", "basic", "token",
-         "near-miss"],
+    ids=[
+        "none",
+        "forged",
+        "stranger",
+        "empty",
+        "empty-bearer",
+        "basic",
+        "token",
+        "near-miss",
+    ],
 )
 def test_real_key_never_sent_when_credentials_are_not_valid(
     guarded: tuple[Gateway, int], fake: FakeProvider, credentials: dict[str, str]
@@ -162,12 +191,21 @@ def test_real_key_never_sent_when_credentials_are_not_valid(
 @pytest.mark.parametrize(
     ("path", "body", "reason"),
     [
-        ("/v1/messages/batches", {"requests": [{"custom_id": "a", "params": BODY}]},
-         "message batches cannot be metered"),
-        ("/v1/images/generations", {"model": "gpt-image-1", "prompt": "x"},
-         "POST /v1/images/generations cannot be metered"),
-        ("/v1/realtime/sessions", {"model": "gpt-4o-realtime-preview"},
-         "cannot be metered"),
+        (
+            "/v1/messages/batches",
+            {"requests": [{"custom_id": "a", "params": BODY}]},
+            "message batches cannot be metered",
+        ),
+        (
+            "/v1/images/generations",
+            {"model": "gpt-image-1", "prompt": "x"},
+            "POST /v1/images/generations cannot be metered",
+        ),
+        (
+            "/v1/realtime/sessions",
+            {"model": "gpt-4o-realtime-preview"},
+            "cannot be metered",
+        ),
     ],
     ids=["anthropic-batch", "openai-images", "realtime-session"],
 )
@@ -176,8 +214,9 @@ def test_unmeterable_endpoint_refused_when_policy_applies(
 ) -> None:
     gateway, _ = guarded
     headers = marker()
-    status, answer_headers, answer = call(gateway.port, body=body, headers=headers,
-                                          path=path)
+    status, answer_headers, answer = call(
+        gateway.port, body=body, headers=headers, path=path
+    )
     assert (status, refusal_reason(answer_headers)) == (400, "unmetered")
     assert reason in answer.decode()
     assert seen_upstream(fake, headers) == []
@@ -186,8 +225,9 @@ def test_unmeterable_endpoint_refused_when_policy_applies(
 def test_batch_status_passes_when_only_read(guarded: tuple[Gateway, int]) -> None:
     gateway, _ = guarded
     connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
-    connection.request("GET", "/v1/messages/batches/msgbatch_01", headers={
-        "x-api-key": KEYS["bob"]})
+    connection.request(
+        "GET", "/v1/messages/batches/msgbatch_01", headers={"x-api-key": KEYS["bob"]}
+    )
     response = connection.getresponse()
     response.read()
     connection.close()
@@ -220,38 +260,65 @@ def test_websocket_upgrade_refused_when_policy_applies(
 
 
 def raw_body(text: str) -> bytes:
-    return text.replace("MSG", '"messages": [{"role": "user", "content": "hi"}]').encode()
+    return text.replace(
+        "MSG", '"messages": [{"role": "user", "content": "hi"}]'
+    ).encode()
 
 
 @pytest.mark.parametrize(
     ("body", "says"),
     [
-        ('{"model": "claude-sonnet-4-5", "max_tokens": 10, MSG, "model": "claude-opus-4-1"}',
-         "repeats the top-level key 'model'"),
-        ('{"model": "claude-opus-4-1", "max_tokens": 10, MSG, "model": "claude-sonnet-4-5"}',
-         "repeats the top-level key 'model'"),
-        ('{"model": "claude-sonnet-4-5", "mod\\u0065l": "claude-opus-4-1", "max_tokens": 10,'
-         " MSG}", "repeats the top-level key 'model'"),
-        ('{"model": "claude-sonnet-4-5", "max_tokens": 10, "max_tokens": 64000, MSG}',
-         "repeats the top-level key 'max_tokens'"),
+        (
+            '{"model": "claude-sonnet-4-5", "max_tokens": 10, MSG,'
+            ' "model": "claude-opus-4-1"}',
+            "repeats the top-level key 'model'",
+        ),
+        (
+            '{"model": "claude-opus-4-1", "max_tokens": 10, MSG,'
+            ' "model": "claude-sonnet-4-5"}',
+            "repeats the top-level key 'model'",
+        ),
+        (
+            '{"model": "claude-sonnet-4-5", "mod\\u0065l": "claude-opus-4-1",'
+            ' "max_tokens": 10, MSG}',
+            "repeats the top-level key 'model'",
+        ),
+        (
+            '{"model": "claude-sonnet-4-5", "max_tokens": 10,'
+            ' "max_tokens": 64000, MSG}',
+            "repeats the top-level key 'max_tokens'",
+        ),
         ('{"model": "claude\\u2010sonnet-4-5", "max_tokens": 10, MSG}', "non-ASCII"),
         ('{"model": "claude-sonnet-4-5\\u200b", "max_tokens": 10, MSG}', "non-ASCII"),
         ('{"model": " claude-sonnet-4-5", "max_tokens": 10, MSG}', "spaces"),
         ('{"model": "claude-sonnet-4-5\\t", "max_tokens": 10, MSG}', "control"),
-        ('{"model": "claude-sonnet-4-5-' + "x" * 300 + '", "max_tokens": 10, MSG}',
-         "longer than 256"),
+        (
+            '{"model": "claude-sonnet-4-5-' + "x" * 300 + '", "max_tokens": 10, MSG}',
+            "longer than 256",
+        ),
         ('{"model": ["claude-sonnet-4-5"], "max_tokens": 10, MSG}', "must be a string"),
     ],
-    ids=["dup-last-cheap", "dup-last-costly", "escaped-dup", "dup-max-tokens",
-         "hyphen-lookalike", "zero-width", "leading-space", "tab", "long", "list"],
+    ids=[
+        "dup-last-cheap",
+        "dup-last-costly",
+        "escaped-dup",
+        "dup-max-tokens",
+        "hyphen-lookalike",
+        "zero-width",
+        "leading-space",
+        "tab",
+        "long",
+        "list",
+    ],
 )
 def test_confusing_body_refused_before_upstream_when_policy_applies(
     guarded: tuple[Gateway, int], fake: FakeProvider, body: str, says: str
 ) -> None:
     gateway, _ = guarded
     headers = marker()
-    status, answer_headers, answer = call(gateway.port, body=raw_body(body),
-                                          headers=headers)
+    status, answer_headers, answer = call(
+        gateway.port, body=raw_body(body), headers=headers
+    )
     assert (status, refusal_reason(answer_headers)) == (400, "body")
     assert says in json.loads(answer)["error"]["message"]
     assert seen_upstream(fake, headers) == []
@@ -263,7 +330,8 @@ def test_model_in_path_and_body_must_agree_when_policy_applies(
     gateway, _ = guarded
     body = {"model": "models/gemini-2.5-pro", "contents": [{"parts": [{"text": "hi"}]}]}
     status, headers, answer = call(
-        gateway.port, body=body, path="/v1beta/models/gemini-2.5-flash:generateContent")
+        gateway.port, body=body, path="/v1beta/models/gemini-2.5-flash:generateContent"
+    )
     assert (status, refusal_reason(headers)) == (400, "body")
     assert "the model in the path ('gemini-2.5-flash')" in answer.decode()
 
@@ -273,8 +341,10 @@ def test_model_in_path_and_body_must_agree_when_policy_applies(
     [
         ("/v1/messages", {**BODY, "max_tokens": "64000"}),
         ("/v1/messages", {**BODY, "max_tokens": 64000.0}),
-        ("/v1beta/models/gemini-2.5-flash:generateContent",
-         {"contents": [], "generation_config": {"max_output_tokens": "65536"}}),
+        (
+            "/v1beta/models/gemini-2.5-flash:generateContent",
+            {"contents": [], "generation_config": {"max_output_tokens": "65536"}},
+        ),
     ],
     ids=["string", "float", "gemini-snake-case"],
 )
@@ -290,8 +360,9 @@ def test_output_limit_reserved_in_full_when_written_in_another_spelling(
 def forward(
     fake: FakeProvider, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Gateway]:
-    monkeypatch.setattr(harness, "ROUTE_ADDON", Path(__file__).with_name(
-        "route_all_to_fake.py"))
+    monkeypatch.setattr(
+        harness, "ROUTE_ADDON", Path(__file__).with_name("route_all_to_fake.py")
+    )
     from .hardening import policy_file
 
     gateway = Gateway(tmp_path, fake, mode="forward", policy=policy_file(tmp_path))
@@ -302,8 +373,12 @@ def forward(
 def proxied(gateway: Gateway, method: str, url: str, headers: dict[str, str]) -> int:
     connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
     try:
-        connection.request(method, url, json.dumps(BODY), {
-            "content-type": "application/json", **headers})
+        connection.request(
+            method,
+            url,
+            json.dumps(BODY),
+            {"content-type": "application/json", **headers},
+        )
         response = connection.getresponse()
         response.read()
         return response.status
@@ -316,13 +391,19 @@ def test_real_key_not_sent_when_forward_proxy_target_is_not_a_provider(
 ) -> None:
     key = {"x-api-key": KEYS["bob"]}
     away = {**marker(), **key}
-    assert proxied(forward, "POST", "http://llm.attacker.invalid/v1/messages", away) == 403
+    assert (
+        proxied(forward, "POST", "http://llm.attacker.invalid/v1/messages", away) == 403
+    )
     listing = {**marker(), **key}
-    assert proxied(forward, "GET", "http://llm.attacker.invalid/v1/models", listing) == 403
+    assert (
+        proxied(forward, "GET", "http://llm.attacker.invalid/v1/models", listing) == 403
+    )
     assert seen_upstream(fake, away) == seen_upstream(fake, listing) == []
 
     spoofed = {**marker(), **key, "host": "llm.attacker.invalid"}
-    assert proxied(forward, "POST", "http://api.anthropic.com/v1/messages", spoofed) == 200
+    assert (
+        proxied(forward, "POST", "http://api.anthropic.com/v1/messages", spoofed) == 200
+    )
     [seen] = seen_upstream(fake, spoofed)
     assert seen["headers"]["x-api-key"] == REAL_KEY  # it went to the provider
     [row] = wait_rows(forward.db, 1, "outcome = 'blocked'")
@@ -333,12 +414,15 @@ def test_gemini_key_leaves_the_url_when_sent_as_query_parameter(
     fake: FakeProvider, tmp_path: Path
 ) -> None:
     real = f"AIza-real-{uuid.uuid4().hex}"
-    gateway, _ = start(tmp_path, fake, extra=f"  gemini: {{api_key: {real}}}\n",
-                       flow_detail="1")
+    gateway, _ = start(
+        tmp_path, fake, extra=f"  gemini: {{api_key: {real}}}\n", flow_detail="1"
+    )
     try:
         headers = marker()
         status, _, _ = call(
-            gateway.port, None, headers=headers,
+            gateway.port,
+            None,
+            headers=headers,
             body={"contents": [{"parts": [{"text": "hi"}]}]},
             path=f"/v1beta/models/gemini-2.5-flash:generateContent?key={KEYS['bob']}",
         )

@@ -40,7 +40,7 @@ def match(path: str) -> Route | None:
             return None
         return Route(NAME, endpoint, path_model=deployment or None)
     for suffix, endpoint in _ENDPOINTS.items():
-        if path.endswith("/v1" + suffix) or path.endswith("/openai" + suffix):
+        if path.endswith(("/v1" + suffix, "/openai" + suffix)):
             return Route(NAME, endpoint)
     if path.endswith("/v1/responses/input_tokens"):
         return Route(NAME, "count_tokens", billable=False)
