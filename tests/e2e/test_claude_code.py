@@ -23,7 +23,7 @@ from typing import IO, Any
 
 import pytest
 
-from harness import ROOT, FakeProvider, Gateway, ledger_rows, require, wait_rows
+from harness import ROOT, TOKENS, FakeProvider, Gateway, ledger_rows, require, wait_rows
 
 pytestmark = pytest.mark.e2e
 
@@ -224,14 +224,6 @@ def credentials(request: dict[str, Any]) -> dict[str, str]:
     return {name: headers[name] for name in names if name in headers}
 
 
-TOKENS = (
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_5m_tokens",
-    "cache_write_1h_tokens",
-    "reasoning_tokens",
-)
 USAGE = "input=1200,output=345,cache_read=14723,cache_write_5m=3117,cache_write_1h=2000"
 
 

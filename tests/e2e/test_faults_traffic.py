@@ -49,6 +49,20 @@ def row_of(gateway: Gateway, tag: str) -> dict[str, Any]:
     return rows[0]
 
 
+def raw_stream_request(headers: dict[str, str]) -> bytes:
+    """Bob's big streamed call as raw HTTP/1.1, for clients that misbehave."""
+    body = json.dumps({**BIG, "stream": True}).encode()
+    sent = {
+        "host": "x",
+        "x-api-key": KEYS["bob"],
+        "content-type": "application/json",
+        "content-length": str(len(body)),
+        **headers,
+    }
+    head = "".join(f"{k}: {v}\r\n" for k, v in sent.items())
+    return f"POST /v1/messages HTTP/1.1\r\n{head}\r\n".encode() + body
+
+
 def assert_released(gateway: Gateway, metrics: int) -> None:
     """No reservation left behind, and bob's next big call is admitted."""
     assert wait_for(
@@ -129,22 +143,13 @@ def test_disconnected_stream_recorded_when_client_leaves_mid_stream(
     guarded: tuple[Gateway, int],
 ) -> None:
     gateway, metrics = guarded
-    body = json.dumps({**BIG, "stream": True}).encode()
-    head = "".join(
-        f"{k}: {v}\r\n"
-        for k, v in {
-            "x-api-key": KEYS["bob"],
-            "content-type": "application/json",
-            "content-length": str(len(body)),
-            "x-tollgate-tags": "t:leave",
-            "x-fake-events": "50",
-            "x-fake-delay-ms": "30",
-        }.items()
-    )
+    headers = {
+        "x-tollgate-tags": "t:leave",
+        "x-fake-events": "50",
+        "x-fake-delay-ms": "30",
+    }
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
-        sock.sendall(
-            f"POST /v1/messages HTTP/1.1\r\nhost: x\r\n{head}\r\n".encode() + body
-        )
+        sock.sendall(raw_stream_request(headers))
         received = b""
         while received.count(b"content_block_delta") < 3:
             received += sock.recv(65536)
@@ -157,25 +162,16 @@ def test_whole_stream_recorded_when_client_reads_slowly(
     guarded: tuple[Gateway, int],
 ) -> None:
     gateway, metrics = guarded
-    body = json.dumps({**BIG, "stream": True}).encode()
-    head = "".join(
-        f"{k}: {v}\r\n"
-        for k, v in {
-            "x-api-key": KEYS["bob"],
-            "content-type": "application/json",
-            "content-length": str(len(body)),
-            "x-tollgate-tags": "t:slow",
-            "x-fake-events": "400",
-            "x-fake-usage": "input=10,output=400",
-            "connection": "close",
-        }.items()
-    )
+    headers = {
+        "x-tollgate-tags": "t:slow",
+        "x-fake-events": "400",
+        "x-fake-usage": "input=10,output=400",
+        "connection": "close",
+    }
     received = b""
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.sendall(
-            f"POST /v1/messages HTTP/1.1\r\nhost: x\r\n{head}\r\n".encode() + body
-        )
+        sock.sendall(raw_stream_request(headers))
         while piece := sock.recv(512):
             received += piece
             time.sleep(0.002)

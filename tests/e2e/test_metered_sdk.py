@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from harness import Gateway, run_sdk, wait_rows
+from harness import TOKENS, Gateway, run_sdk, wait_rows
 
 from .conftest import usage_header
 
@@ -22,16 +22,6 @@ def rows_for(gateway: Gateway, tag: str, count: int = 1) -> list[dict[str, Any]]
     rows = wait_rows(gateway.db, count, f"list_contains(tags, '{tag}')")
     assert len(rows) == count, gateway.log_text()[-2000:]
     return rows
-
-
-TOKENS = (
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_5m_tokens",
-    "cache_write_1h_tokens",
-    "reasoning_tokens",
-)
 
 
 def tokens(row: dict[str, Any]) -> tuple[int, ...]:
