@@ -4,6 +4,7 @@ Every fault is real: a killed process, a second process holding the DuckDB file,
 garbage bytes, a tmpfs that fills up or turns read-only, /dev/full as the journal.
 """
 
+import json
 import logging
 import os
 import signal
@@ -76,6 +77,29 @@ def test_ledger_recovers_every_row_when_process_killed_after_append(
     finally:
         ledger.close()
     assert (tmp_path / "spend.duckdb.journal").read_bytes() == b""
+
+
+def test_ledger_stores_each_call_once_when_journal_replays_rows_already_stored(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "spend.duckdb"
+    rows = [make_row(), make_row(), make_row(ts="2020-01-01T00:00:00+00:00")]
+    ledger = started(db)
+    for row in rows:
+        ledger.append(row)
+    assert ledger.wait_idle()
+    ledger.close()
+    # a crash after DuckDB took the rows, before the journal was emptied
+    journal = tmp_path / "spend.duckdb.journal"
+    journal.write_text("".join(json.dumps(row) + "\n" for row in [*rows, rows[0]]))
+
+    ledger = started(db)
+    try:
+        assert ledger.wait_idle()
+    finally:
+        ledger.close()
+    stored = read_rows(db, "SELECT id, count(*) FROM requests GROUP BY id")
+    assert sorted(stored) == sorted((row["id"], 1) for row in rows)
 
 
 def test_ledger_spools_then_writes_all_when_another_process_held_the_file(

@@ -270,7 +270,7 @@ class Ledger:
     def _insert(self, con: duckdb.DuckDBPyConnection, batch: list[Row]) -> int:
         """Insert rows not in the table yet; how many were new."""
         try:
-            return _inserted(con.execute(schema.insert_statement(), _columns(batch)))
+            return _inserted(con.execute(schema.insert_statement(), _params(batch)))
         except ROW_ERRORS:
             pass
         written = 0
@@ -278,7 +278,7 @@ class Ledger:
             fitted, emptied = fit_row(row)
             try:
                 statement = schema.insert_statement()
-                written += _inserted(con.execute(statement, _columns([fitted])))
+                written += _inserted(con.execute(statement, _params([fitted])))
             except ROW_ERRORS as e:
                 self._reject(row, e)
                 continue
@@ -343,6 +343,28 @@ def _inserted(cursor: duckdb.DuckDBPyConnection) -> int:
 def _columns(rows: Iterable[Row]) -> list[list[Any]]:
     rows = list(rows)
     return [[row.get(name) for row in rows] for name in schema.NAMES]
+
+
+def _params(rows: list[Row]) -> list[Any]:
+    """The insert's parameters: the columns, then the earliest start time."""
+    unique = list({row.get("id"): row for row in rows}.values())
+    return [*_columns(unique), _earliest(unique)]
+
+
+def _earliest(rows: list[Row]) -> datetime | None:
+    """The first `ts` of the rows (journal rows hold it as text); None if unknown."""
+    times = []
+    for row in rows:
+        value = row.get("ts")
+        if isinstance(value, str):
+            try:
+                value = datetime.fromisoformat(value)
+            except ValueError:
+                return None
+        if not isinstance(value, datetime) or value.tzinfo is None:
+            return None
+        times.append(value)
+    return min(times, default=None)
 
 
 def read_rows(

@@ -67,16 +67,28 @@ def create_statements() -> list[str]:
     """DDL that makes (or completes) a ledger; safe to run on every start."""
     columns = ",\n    ".join(f"{name} {kind}" for name, kind in COLUMNS)
     statements = [
-        "CREATE TABLE IF NOT EXISTS requests"
-        f" (\n    {columns},\n    PRIMARY KEY (id)\n)"
+        # No primary key: DuckDB would load its whole index on every batch, which
+        # grows with the ledger. `insert_statement` skips ids already stored.
+        f"CREATE TABLE IF NOT EXISTS requests (\n    {columns}\n)"
     ]
     statements += [f"CREATE OR REPLACE VIEW {n} AS {sql}" for n, sql in VIEWS.items()]
     return statements
 
 
 def insert_statement() -> str:
-    """Column-wise insert: one list parameter per column, unnested in step."""
+    """Column-wise insert: one list parameter per column, unnested in step.
+
+    The last parameter is the batch's earliest `ts`: a row whose id is stored
+    already (a journal replayed after a crash) is skipped, and only rows from that
+    moment on are searched, so the cost does not grow with the ledger.
+    """
     selects = ", ".join(
-        f"CAST(unnest(${i + 1}) AS {kind})" for i, (_, kind) in enumerate(COLUMNS)
+        f"CAST(unnest(${i + 1}) AS {kind}) AS {name}"
+        for i, (name, kind) in enumerate(COLUMNS)
     )
-    return f"INSERT OR IGNORE INTO requests ({', '.join(NAMES)}) SELECT {selects}"
+    since = f"CAST(${len(COLUMNS) + 1} AS TIMESTAMPTZ)"
+    return (
+        f"INSERT INTO requests ({', '.join(NAMES)}) SELECT * FROM (SELECT {selects})"
+        " AS batch WHERE batch.id NOT IN"
+        f" (SELECT id FROM requests WHERE {since} IS NULL OR ts >= {since})"
+    )
