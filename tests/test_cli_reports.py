@@ -327,13 +327,30 @@ def test_session_view_sums_each_session_when_queried_inside_ledger_file(
     db: Path,
 ) -> None:
     view = read_rows(
-        db, "SELECT session, calls, cost_usd FROM spend_by_session ORDER BY session"
+        db,
+        "SELECT session, sum(calls), sum(cost_usd) FROM spend_by_session"
+        " GROUP BY session ORDER BY session NULLS LAST",
     )
     assert [(s, c, money(u)) for s, c, u in view] == [
         ("s1", 2, "0.020325"),
         ("s2", 1, "0.00525"),
         ("s3", 1, "0.00006"),
+        (None, 2, "0.00"),
     ]
+
+
+def test_tag_view_matches_report_when_queried_inside_ledger_file(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    view = read_rows(db, "SELECT tag, calls, cost_usd FROM spend_by_tag")
+    code, out, _ = run(
+        capsys, "report", "--db", str(db), "--by", "tag", "--format", "csv"
+    )
+    report = [line.split(",") for line in out.splitlines()[1:]]
+    assert code == 0
+    assert sorted((t or "", str(c), money(u)) for t, c, u in view) == sorted(
+        (r[0], r[1], r[-1]) for r in report if r[0] != "total"
+    )
 
 
 def test_key_view_totals_whole_ledger_when_queried_inside_ledger_file(

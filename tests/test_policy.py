@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tollgate.errors import PolicyError
+from tollgate.errors import ConfigError, PolicyError
 from tollgate.identity import fingerprint
 from tollgate.policy import Policy, load_policy, parse_policy
 from tollgate.windows import Duration
@@ -178,4 +178,19 @@ def test_policy_error_says_unreadable_when_file_is_missing(tmp_path: Path) -> No
     assert (
         str(caught.value)
         == f"{tmp_path / 'nope.yaml'}: cannot read: No such file or directory"
+    )
+
+
+def test_policy_refused_naming_both_lines_when_a_key_is_given_twice(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "twice.yaml"
+    path.write_text(
+        "version: 1\nusers:\n  alice: {max_budget: 5}\nusers:\n  bob: {}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_policy(path)
+    assert str(caught.value) == (
+        f"{path}:4: users: given twice (first on line 2); YAML keeps only the"
+        " last, so remove one"
     )

@@ -10,6 +10,7 @@ import gc
 import json
 import logging
 import time
+from http import HTTPStatus
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http
@@ -145,6 +146,12 @@ class BudgetGuard:
         await self._drain(engine, ctx.options.budget_drain_s)
         engine.close()
         self.engine = None
+        logger.info(
+            "tollgate: stopped; %d rows written to %s this run, %d left in its journal",
+            engine.ledger.rows_written,
+            engine.ledger.path,
+            engine.ledger.backlog,
+        )
 
     async def _drain(self, engine: Engine, limit_s: float) -> None:
         """Let calls in flight finish; record those still running at the deadline."""
@@ -291,6 +298,15 @@ class BudgetGuard:
 
     def _admit(self, flow: http.HTTPFlow, call: Call, engine: Engine) -> None:
         request = flow.request
+        headers = header_map(request)
+        proxy_token = self._proxy_tokens.get(flow.client_conn.id)
+        if proxy_token is None and "proxyauth" in flow.metadata:
+            proxy_token = str(flow.metadata["proxyauth"][1])
+        secret = presented_secret(headers, query_map(request))
+        principal = identify(engine.policy, secret, proxy_token)
+        call.principal = principal  # a refusal names the caller, whatever its cause
+        header_tags = headers.get("x-tollgate-tags", "").split(",")
+        call.tags = clean_tags(header_tags)
         body_bytes = len(request.raw_content or b"")
         body: dict[str, Any] | None = None
         repeated: list[str] = []
@@ -314,16 +330,8 @@ class BudgetGuard:
             )
         elif call.route.path_model:
             call.facts.model = call.route.path_model
-        headers = header_map(request)
-        header_tags = headers.get("x-tollgate-tags", "")
-        call.tags = clean_tags(call.facts.tags + header_tags.split(","))
+        call.tags = clean_tags(call.facts.tags + header_tags)
         call.session = detect_session(headers, call.facts.session)
-
-        proxy_token = self._proxy_tokens.get(flow.client_conn.id)
-        if proxy_token is None and "proxyauth" in flow.metadata:
-            proxy_token = str(flow.metadata["proxyauth"][1])
-        secret = presented_secret(headers, query_map(request))
-        principal = identify(engine.policy, secret, proxy_token)
         refusal = engine.admit(call, principal, body_bytes)
         if refusal is not None:
             self._refuse(flow, call, engine, refusal)
@@ -446,6 +454,15 @@ class BudgetGuard:
         if refusal.retry_after_s is not None:
             headers["retry-after"] = str(refusal.retry_after_s)
         flow.response = http.Response.make(status, body, headers)
+        flow.response.reason = reason_phrase(status)
         if not call.recorded:
             call.recorded = True
             engine.refused(call, refusal)
+
+
+def reason_phrase(status: int) -> str:
+    """The standard reason phrase (mitmproxy's table lacks some, e.g. 429)."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""

@@ -50,13 +50,15 @@ VIEWS = {
     " GROUP BY ALL ORDER BY cost_usd DESC",
     "spend_by_model": f"SELECT provider, price_model, {_TOTALS} FROM requests"
     " GROUP BY ALL ORDER BY cost_usd DESC",
+    # A call counts under each of its tags; one without tags under a NULL tag.
     "spend_by_tag": f"SELECT tag, {_TOTALS} FROM"
-    " (SELECT *, unnest(tags) AS tag FROM requests)"
+    " (SELECT *, unnest(CASE WHEN len(coalesce(tags, [])) = 0"
+    " THEN [NULL::VARCHAR] ELSE tags END) AS tag FROM requests)"
     " GROUP BY tag ORDER BY cost_usd DESC",
     "spend_daily": f"SELECT CAST(timezone('UTC', ts) AS DATE) AS day, {_TOTALS}"
     " FROM requests GROUP BY ALL ORDER BY day",
     "spend_by_session": f"SELECT session, agent, user_id, min(ts) AS started,"
-    f" max(ts) AS last_call, {_TOTALS} FROM requests WHERE session IS NOT NULL"
+    f" max(ts) AS last_call, {_TOTALS} FROM requests"
     " GROUP BY session, agent, user_id ORDER BY cost_usd DESC",
     "spend_by_key": f"SELECT key_alias, key_fingerprint, user_id, {_TOTALS}"
     " FROM requests GROUP BY ALL ORDER BY cost_usd DESC",

@@ -38,15 +38,27 @@ def join(parent: str, key: object) -> str:
     return f"{parent}.{key}" if parent else str(key)
 
 
-def _walk(node: yaml.Node, ypath: str, lines: dict[str, int], line: int) -> None:
+def _walk(
+    node: yaml.Node, ypath: str, lines: dict[str, int], line: int, source: str
+) -> None:
     lines.setdefault(ypath, line)
     if isinstance(node, yaml.MappingNode):
+        seen: dict[object, int] = {}
         for key_node, value_node in node.value:
             key_line = key_node.start_mark.line + 1
-            _walk(value_node, join(ypath, key_node.value), lines, key_line)
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if key is not None and key != "<<":
+                if key in seen:
+                    where = join(ypath, key)
+                    raise ConfigError(
+                        f"{source}:{key_line}: {where}: given twice (first on line"
+                        f" {seen[key]}); YAML keeps only the last, so remove one"
+                    )
+                seen[key] = key_line
+            _walk(value_node, join(ypath, key_node.value), lines, key_line, source)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _walk(item, join(ypath, i), lines, item.start_mark.line + 1)
+            _walk(item, join(ypath, i), lines, item.start_mark.line + 1, source)
 
 
 def parse_yaml(text: str, *, source: str) -> Source:
@@ -62,7 +74,7 @@ def parse_yaml(text: str, *, source: str) -> Source:
         raise ConfigError(f"{source}: invalid YAML: {e}") from None
     lines: dict[str, int] = {}
     if node is not None:
-        _walk(node, "", lines, node.start_mark.line + 1)
+        _walk(node, "", lines, node.start_mark.line + 1, source)
     return Source(path=source, data=data, lines=lines)
 
 

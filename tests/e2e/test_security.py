@@ -315,13 +315,16 @@ def test_confusing_body_refused_before_upstream_when_policy_applies(
     guarded: tuple[Gateway, int], fake: FakeProvider, body: str, says: str
 ) -> None:
     gateway, _ = guarded
-    headers = marker()
+    tag = f"t:{uuid.uuid4().hex}"
+    headers = {**marker(), "x-tollgate-tags": tag}
     status, answer_headers, answer = call(
         gateway.port, body=raw_body(body), headers=headers
     )
     assert (status, refusal_reason(answer_headers)) == (400, "body")
     assert says in json.loads(answer)["error"]["message"]
     assert seen_upstream(fake, headers) == []
+    [row] = wait_rows(gateway.db, 1, f"list_contains(tags, '{tag}')")
+    assert (row["outcome"], row["user_id"]) == ("blocked", "bob")
 
 
 def test_model_in_path_and_body_must_agree_when_policy_applies(
