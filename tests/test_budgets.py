@@ -2,11 +2,14 @@
 
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from faultkit import make_row
 
 from tollgate.budgets import BudgetBook, Member
+from tollgate.ledger import Ledger
 from tollgate.limits import RateLimiter
 from tollgate.policy import parse_policy
 from tollgate.windows import parse_duration
@@ -200,3 +203,32 @@ def test_rate_limiter_counts_real_tokens_when_estimate_corrected() -> None:
     refused = limiter.admit(scopes, 100)
     assert refused is not None
     assert (refused.kind, refused.used) == ("tpm", 950)
+
+
+def test_spend_summed_in_ledger_counts_per_window_when_rebuilt(tmp_path: Path) -> None:
+    # Berlin: bob's day began at 2026-05-14T22:00Z, the month at 2026-04-30T22:00Z.
+    now = datetime(2026, 5, 15, 10, 0, tzinfo=UTC)
+    spend = [
+        ("bob", "2026-04-30T21:59:59+00:00", "7"),  # last month: counts nowhere
+        ("bob", "2026-04-30T22:00:00+00:00", "1.5"),  # this month, not today
+        ("bob", "2026-05-14T21:59:59+00:00", "2.25"),  # this month, not today
+        ("bob", "2026-05-14T22:00:00+00:00", "0.125"),  # today
+        ("alice", "2026-05-15T09:00:00+00:00", "0.5"),  # today
+        ("alice", "2026-05-15T09:30:00+00:00", "0.25"),  # today
+    ]
+    ledger = Ledger(tmp_path / "spend.duckdb", flush_interval_s=0.05)
+    ledger.start()
+    for user, ts, cost in spend:
+        ledger.append(make_row(cost=cost, user_id=user, team="be", ts=ts))
+    assert ledger.wait_idle()
+    book, _ = book_at(now)
+    book.load(ledger.rows_since(book.window_starts()))
+    ledger.close()
+    spent = {b.label: b.spent for b in book.all_budgets() if not b.model_pattern}
+    assert spent == {
+        "org": Decimal("4.625"),
+        "team:be": Decimal("4.625"),
+        "user:alice": Decimal("0.75"),
+        "user:bob": Decimal("0.125"),
+        "tag:project:x": Decimal(0),
+    }

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -156,11 +157,12 @@ def test_ledger_counts_unwritten_rows_when_file_cannot_be_read(tmp_path: Path) -
             for row in rows:
                 ledger.append(row)
             with pytest.raises(LedgerError):
-                ledger.rows_since(since, wait_s=0)
+                ledger.rows_since([since], wait_s=0)
             unstored = ledger.unstored_rows_since(since)
             assert sorted(r["id"] for r in unstored) == sorted(r["id"] for r in rows)
         assert ledger.wait_idle()
-        assert len(ledger.rows_since(since)) == 3
+        [summed] = ledger.rows_since([since])
+        assert (summed["user_id"], summed["cost_usd"]) == ("bob", Decimal("1.5"))
     finally:
         ledger.close()
 

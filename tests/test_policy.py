@@ -185,9 +185,7 @@ def test_policy_refused_naming_both_lines_when_a_key_is_given_twice(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "twice.yaml"
-    path.write_text(
-        "version: 1\nusers:\n  alice: {max_budget: 5}\nusers:\n  bob: {}\n"
-    )
+    path.write_text("version: 1\nusers:\n  alice: {max_budget: 5}\nusers:\n  bob: {}\n")
     with pytest.raises(ConfigError) as caught:
         load_policy(path)
     assert str(caught.value) == (

@@ -182,8 +182,12 @@ class BudgetBook:
         return found
 
     def earliest_window_start(self) -> datetime:
-        starts = [b.window_start for b in self.all_budgets() if b.window_start]
-        return min(starts) if starts else self.now()
+        starts = self.window_starts()
+        return starts[0] if starts else self.now()
+
+    def window_starts(self) -> list[datetime]:
+        """The distinct starts of the budgets' current windows, earliest first."""
+        return sorted({b.window_start for b in self.all_budgets() if b.window_start})
 
 
 def member_of_row(row: dict[str, Any]) -> Member:

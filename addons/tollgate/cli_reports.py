@@ -216,7 +216,7 @@ def run_budgets(args: argparse.Namespace) -> int:
     policy = load_policy(args.policy, environ=_AnyEnvironment())
     _require_ledger(args.db)
     book = BudgetBook(policy, lambda: now)
-    book.load(Ledger(args.db).rows_since(book.earliest_window_start()))
+    book.load(Ledger(args.db).rows_since(book.window_starts()))
     reserved = fetch_reserved(args.metrics_url)
 
     header = [

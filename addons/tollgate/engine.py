@@ -137,9 +137,10 @@ class Engine:
         When DuckDB cannot be read, spent counts what the journal and memory hold and
         is rebuilt again (by the background task) once the ledger is back.
         """
-        since = self.book.earliest_window_start()
+        starts = self.book.window_starts()
+        since = starts[0] if starts else self.clock.now()
         try:
-            rows = self.ledger.rows_since(since, wait_s=wait_s)
+            rows = self.ledger.rows_since(starts, wait_s=wait_s)
         except LedgerError as e:
             rows = self.ledger.unstored_rows_since(since)
             if not self.budgets_partial:

@@ -33,6 +33,19 @@ from .rowcheck import fit_row
 logger = logging.getLogger(__name__)
 
 Row = dict[str, Any]
+# A sum of spend per caller, model and tags, within one stretch of time.
+SUMMED_FIELDS = (
+    "user_id",
+    "team",
+    "key_alias",
+    "key_fingerprint",
+    "tags",
+    "model",
+    "price_model",
+    "ts",
+    "cost_usd",
+)
+STORED_IDS_SQL = "SELECT id FROM requests WHERE id IN (SELECT unnest(?::VARCHAR[]))"
 BUDGET_FIELDS = (
     "id",
     "ts",
@@ -169,23 +182,38 @@ class Ledger:
             time.sleep(0.01)
         return self.backlog == 0
 
-    def rows_since(self, since: datetime, wait_s: float = 10.0) -> list[Row]:
-        """Rows with cost from `since` on, from DuckDB plus journal rows not yet in it.
+    def rows_since(self, starts: Iterable[datetime], wait_s: float = 10.0) -> list[Row]:
+        """Spend from the earliest of `starts` on: DuckDB's summed, then rows not in it.
 
-        Raises LedgerError when DuckDB cannot be read (`journal_rows_since` still can).
+        `starts` are the budgets' window starts. DuckDB's rows come summed per
+        caller, model and tags within each stretch between one start and the next,
+        with `ts` the stretch's start, so a window counts a sum whole or not at all
+        and start-up reads a few thousand rows, not a month of calls. Rows in memory
+        or only in the journal come one by one. Raises LedgerError when DuckDB
+        cannot be read (`unstored_rows_since` still can).
         """
-        sql = (
-            f"SELECT {', '.join(BUDGET_FIELDS)} FROM requests"
-            " WHERE ts >= ? AND cost_usd > 0"
-        )
+        starts = sorted(set(starts), reverse=True)
+        if not starts:
+            return []
+        since = starts[-1]
+        journal = self.journal.read()
         with self._lock:  # a batch is either in DuckDB or still pending, never neither
-            stored = []
+            summed: list[tuple[Any, ...]] = []
+            stored_ids: set[str] = set()
             if self.path.exists():
-                stored = read_rows(self.path, sql, [since], wait_s=wait_s)
+                summed, stored = read_queries(
+                    self.path,
+                    [
+                        (_summed_sql(len(starts)), [since, *starts]),
+                        (STORED_IDS_SQL, [[row["id"] for row in journal]]),
+                    ],
+                    wait_s=wait_s,
+                )
+                stored_ids = {found[0] for found in stored}
             pending = list(self._pending.values())
-        found = [dict(zip(BUDGET_FIELDS, r, strict=True)) for r in stored]
-        seen = {row["id"] for row in found}
-        for row in _budget_rows(pending + self.journal.read(), since):
+        found = [dict(zip(SUMMED_FIELDS, r, strict=True)) for r in summed]
+        seen = set(stored_ids)
+        for row in _budget_rows(pending + journal, since):
             if row["id"] not in seen:
                 seen.add(row["id"])
                 found.append(row)
@@ -371,11 +399,18 @@ def read_rows(
     path: Path, sql: str, params: list[Any] | None = None, *, wait_s: float = 10.0
 ) -> list[tuple[Any, ...]]:
     """Run a read-only query, waiting out the writer's short batch locks."""
+    return read_queries(path, [(sql, params or [])], wait_s=wait_s)[0]
+
+
+def read_queries(
+    path: Path, queries: list[tuple[str, list[Any]]], *, wait_s: float = 10.0
+) -> list[list[tuple[Any, ...]]]:
+    """Run read-only queries on one connection, waiting out the writer's locks."""
     deadline = time.monotonic() + wait_s
     while True:
         try:
             with duckdb.connect(str(path), read_only=True) as con:
-                return con.execute(sql, params or []).fetchall()
+                return [con.execute(sql, params).fetchall() for sql, params in queries]
         except duckdb.IOException as e:
             if "lock" not in str(e).lower() or time.monotonic() > deadline:
                 raise LedgerError(f"{path}: {e}") from None
@@ -407,3 +442,16 @@ def _timestamp(value: object) -> datetime | None:
     except ValueError:
         return None
     return ts if ts.tzinfo is not None else None
+
+
+def _summed_sql(stretches: int) -> str:
+    """Spend summed per caller, model, tags and stretch; parameters: since, starts.
+
+    The starts come latest first: a row belongs to the first one it is not before.
+    """
+    stretch = " ".join(f"WHEN ts >= ${i + 2} THEN ${i + 2}" for i in range(stretches))
+    return (
+        "SELECT user_id, team, key_alias, key_fingerprint, tags, model, price_model,"
+        f" CASE {stretch} END AS stretch, sum(cost_usd)"
+        " FROM requests WHERE ts >= $1 AND cost_usd > 0 GROUP BY ALL"
+    )
