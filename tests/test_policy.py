@@ -192,3 +192,31 @@ def test_policy_refused_naming_both_lines_when_a_key_is_given_twice(
         f"{path}:4: users: given twice (first on line 2); YAML keeps only the"
         " last, so remove one"
     )
+
+
+def test_policy_refused_before_expanding_when_it_uses_yaml_aliases(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "bomb.yaml"
+    lines = ["version: 1", "a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [
+        f"{b}: &{b} [*{a}, *{a}, *{a}, *{a}, *{a}, *{a}]"
+        for a, b in zip("abcdefgh", "bcdefghi", strict=True)
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError) as caught:
+        load_policy(path)
+    assert str(caught.value) == (
+        f"{path}:3: YAML aliases (*a) are not accepted; write the value out"
+    )
+
+
+@pytest.mark.parametrize("text", ["", "# nothing yet\n", "{}\n"])
+def test_policy_refused_when_file_is_empty(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "empty.yaml"
+    path.write_text(text)
+    with pytest.raises(PolicyError) as caught:
+        load_policy(path)
+    assert str(caught.value) == (
+        f"{path}: the policy is empty; start it with `version: 1`"
+    )

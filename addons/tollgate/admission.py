@@ -57,10 +57,11 @@ class Admission:
         levels = principal.levels(self.policy)
         for level in reversed(levels):  # name the narrowest level that says no
             if not allowed(level.models, model):
+                named = f"model {model!r}" if model else "a request naming no model"
                 return Refusal(
                     400,
                     "model",
-                    f"Tollgate: model {model!r} is not allowed for {level.kind}"
+                    f"Tollgate: {named} is not allowed for {level.kind}"
                     f" {level.name!r} - allowed: {', '.join(level.models or ())}",
                 )
 

@@ -68,6 +68,7 @@ class Engine:
         self._unpriced_logged: set[str] = set()
         self._mismatch_logged: set[str] = set()
         self._policy_mtime = _mtime(policy.source)
+        self._settling_mtime = self._policy_mtime
         self._watch: asyncio.Task[None] | None = None
         self.budgets_partial = False  # spent counts only what the journal held
 
@@ -173,6 +174,9 @@ class Engine:
                 self._rebuild_budgets(wait_s=0.5)
             mtime = _mtime(self.policy.source)
             if mtime == self._policy_mtime:
+                continue
+            if mtime != self._settling_mtime:
+                self._settling_mtime = mtime  # read it once it holds still
                 continue
             self._policy_mtime = mtime
             try:

@@ -4,11 +4,14 @@ They read and change `http.Request` objects and nothing else; the decisions stay
 `gateway.py` and the pure modules.
 """
 
+import base64
 import ipaddress
 import json
+import posixpath
 import re
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import unquote
 
 from mitmproxy import http
 from mitmproxy.proxy.mode_specs import ReverseMode
@@ -17,7 +20,7 @@ from . import providers
 from .admission import Refusal
 from .calls import Call
 from .engine import Engine
-from .identity import CREDENTIAL_HEADERS
+from .identity import CREDENTIAL_HEADERS, VIRTUAL_PREFIX
 from .requestcheck import load_object
 
 GATEWAY_HEADER_PREFIX = "x-tollgate-"
@@ -91,20 +94,22 @@ def destination_host(request: http.Request) -> str:
     return request.pretty_host
 
 
-def trusted_destination(flow: http.HTTPFlow, extra_hosts: dict[str, str]) -> bool:
-    """True when a provider key may be sent where this request goes.
+def trusted_destination(
+    flow: http.HTTPFlow, extra_hosts: dict[str, str], provider: str
+) -> bool:
+    """True when `provider`'s key may be sent where this request goes.
 
-    Reverse mode sends everything to the upstream the operator configured; other
-    modes go where the client says, so only provider hosts qualify.
+    A known provider host takes only its own provider's key. Reverse mode to any
+    other host (an internal server, a test double) goes where the operator said;
+    the other modes go where the client says, so only provider hosts qualify.
     """
-    if isinstance(flow.client_conn.proxy_mode, ReverseMode):
-        return True
     host = flow.request.host.lower().rstrip(".")
-    return (
-        host in providers.KNOWN_HOSTS
-        or host in extra_hosts
-        or host.endswith(".openai.azure.com")
-    )
+    owner = providers.KNOWN_HOSTS.get(host) or extra_hosts.get(host)
+    if owner is None and host.endswith(".openai.azure.com"):
+        owner = "openai"
+    if owner is not None:
+        return owner == provider
+    return isinstance(flow.client_conn.proxy_mode, ReverseMode)
 
 
 def untrusted_refusal(destination: str) -> Refusal:
@@ -178,3 +183,36 @@ def move_query_key(request: http.Request) -> None:
     del request.query["key"]
     if "x-goog-api-key" not in request.headers:
         request.headers["x-goog-api-key"] = key
+
+
+def canonical_path(path: str) -> str:
+    """The path as a lenient server may read it: unescaped, dot segments resolved,
+    lower case; the query is kept as it is."""
+    raw, sep, query = path.partition("?")
+    plain = unquote(raw)
+    resolved = posixpath.normpath(plain) if plain.startswith("/") else plain
+    resolved = "/" + resolved.lstrip("/")
+    return resolved.lower() + sep + query
+
+
+def scrub_virtual_keys(request: http.Request) -> None:
+    """A Tollgate key never leaves: credentials still holding one are removed."""
+    for name in CREDENTIAL_HEADERS:
+        value = request.headers.get(name)
+        if value is not None and _holds_virtual_key(name, value):
+            del request.headers[name]
+    if VIRTUAL_PREFIX in query_map(request).get("key", ""):
+        del request.query["key"]
+
+
+def _holds_virtual_key(name: str, value: str) -> bool:
+    if VIRTUAL_PREFIX in value:
+        return True
+    scheme, _, token = value.partition(" ")
+    if name != "authorization" or scheme.lower() != "basic":
+        return False
+    try:
+        decoded = base64.b64decode(token.strip(), validate=True).decode("latin-1")
+    except ValueError:
+        return False
+    return VIRTUAL_PREFIX in decoded

@@ -6,10 +6,12 @@ calls in flight finish (up to `budget_drain_s`) before the ledger is closed.
 """
 
 import asyncio
+import contextlib
 import gc
 import json
 import logging
 import time
+from dataclasses import replace
 from http import HTTPStatus
 from typing import Any
 
@@ -24,6 +26,7 @@ from .calls import Call, clean_tags, estimate_stream_usage
 from .engine import Engine
 from .errors import TollgateError
 from .flows import (
+    canonical_path,
     destination_host,
     flow_status,
     header_map,
@@ -32,6 +35,7 @@ from .flows import (
     path_models,
     query_map,
     read_request_json,
+    scrub_virtual_keys,
     strip_gateway_headers,
     swap_credential,
     trusted_destination,
@@ -39,7 +43,12 @@ from .flows import (
 )
 from .identity import VIRTUAL_PREFIX, identify, presented_secret, proxy_secret
 from .meter import StreamMeter
-from .requestcheck import body_problem, unmetered_reason, widest_output_limit
+from .requestcheck import (
+    bad_output_limit,
+    body_problem,
+    unmetered_reason,
+    widest_output_limit,
+)
 from .usage import Usage
 
 logger = logging.getLogger(__name__)
@@ -48,6 +57,7 @@ CALL = "tollgate.call"
 TRUSTED = "tollgate.trusted_destination"
 DESTINATION = "tollgate.destination"
 UNMETERED = "tollgate.unmetered"
+ODD_PATH = "tollgate.odd_path"
 # Providers whose last stream event is final: settle on it, before it goes out.
 FINAL_EVENT_PROVIDERS = ("anthropic", "openai")
 
@@ -200,15 +210,29 @@ class BudgetGuard:
         request = flow.request
         host = destination_host(request)
         route = providers.classify(host, request.path, engine.policy.hosts)
-        # Decided before any other addon may re-route the request.
-        flow.metadata[TRUSTED] = trusted_destination(flow, engine.policy.hosts)
-        flow.metadata[DESTINATION] = request.host
+        canonical = providers.classify(
+            host, canonical_path(request.path), engine.policy.hosts
+        )
+        if canonical is not None and (
+            route is None
+            or (route.provider, route.endpoint)
+            != (canonical.provider, canonical.endpoint)
+        ):
+            # /V1/Messages, /v1%2Fmessages, /v1/x/../messages: a server may read
+            # them as the endpoint, so they are metered (or refused) as it.
+            flow.metadata[ODD_PATH] = True
+            route = replace(canonical, path_model=None)
         headers = header_map(request)
         if route is None:
             secret = presented_secret(headers, query_map(request))
             if secret is None or not secret.startswith(VIRTUAL_PREFIX):
                 return
             route = providers.passthrough_route(headers)
+        # Decided before any other addon may re-route the request.
+        flow.metadata[TRUSTED] = trusted_destination(
+            flow, engine.policy.hosts, route.provider
+        )
+        flow.metadata[DESTINATION] = request.host
         started_s = request.timestamp_start or time.time()
         flow.metadata[CALL] = Call(
             route=route,
@@ -219,6 +243,8 @@ class BudgetGuard:
         self._inflight[flow.id] = flow
         if route.provider == "gemini":
             move_query_key(request)
+        elif VIRTUAL_PREFIX in query_map(request).get("key", ""):
+            del request.query["key"]  # out of the URL before anything logs it
         if route.billable:
             request.headers["accept-encoding"] = "identity"
 
@@ -237,6 +263,14 @@ class BudgetGuard:
                     retry_after_s=1,
                 )
                 self._refuse(flow, call, engine, refusal)
+            elif flow.metadata.get(ODD_PATH) and engine.limits_apply():
+                refusal = Refusal(
+                    400,
+                    "body",
+                    "Tollgate: the path is not in its plain form (case, %-escapes,"
+                    " dot segments); send the provider's own spelling",
+                )
+                self._refuse(flow, call, engine, refusal)
             elif call.route.endpoint in ("other", "batches"):
                 self._pass_other(flow, call, engine)
             else:
@@ -252,8 +286,10 @@ class BudgetGuard:
         Tollgate key swapped); calls that would spend unseen are refused where
         limits apply, and recorded as not metered where none do."""
         request = flow.request
-        websocket = request.headers.get("upgrade", "").lower() == "websocket"
-        unmetered = unmetered_reason(request.method, request.path, websocket)
+        upgrade = request.headers.get("upgrade", "").lower().split(",")
+        websocket = "websocket" in (u.strip() for u in upgrade)
+        path = canonical_path(request.path)
+        unmetered = unmetered_reason(request.method, path, websocket)
         if unmetered is not None and engine.limits_apply():
             refusal = Refusal(400, "unmetered", f"Tollgate: {unmetered}")
             self._refuse(flow, call, engine, refusal)
@@ -264,8 +300,9 @@ class BudgetGuard:
         else:
             call.recorded = True  # free: no ledger row
         strip_gateway_headers(request)
-        secret = presented_secret(request.headers, request.query)
+        secret = presented_secret(header_map(request), {})
         if secret is None or not secret.startswith(VIRTUAL_PREFIX):
+            scrub_virtual_keys(request)
             return
         principal = identify(engine.policy, secret, None)
         real = engine.policy.provider_keys.get(call.route.provider)
@@ -284,6 +321,7 @@ class BudgetGuard:
             )
         else:
             swap_credential(request, secret, real, call.route.provider)
+            scrub_virtual_keys(request)
 
     def _warn_unmetered(self, method: str, endpoint: str, why: str) -> None:
         key = f"{method} {why}"
@@ -302,12 +340,15 @@ class BudgetGuard:
         proxy_token = self._proxy_tokens.get(flow.client_conn.id)
         if proxy_token is None and "proxyauth" in flow.metadata:
             proxy_token = str(flow.metadata["proxyauth"][1])
-        secret = presented_secret(headers, query_map(request))
+        secret = presented_secret(headers, {})  # Gemini's ?key= is a header by now
         principal = identify(engine.policy, secret, proxy_token)
         call.principal = principal  # a refusal names the caller, whatever its cause
         header_tags = headers.get("x-tollgate-tags", "").split(",")
         call.tags = clean_tags(header_tags)
         body_bytes = len(request.raw_content or b"")
+        if "content-encoding" in headers:  # reserve for what the provider unpacks
+            with contextlib.suppress(ValueError):
+                body_bytes = len(request.get_content(strict=False) or b"")
         body: dict[str, Any] | None = None
         repeated: list[str] = []
         if call.route.billable or call.route.endpoint == "count_tokens":
@@ -318,7 +359,9 @@ class BudgetGuard:
                     self._refuse(flow, call, engine, refusal)
                     return
         if body is not None and engine.limits_apply():
-            problem = body_problem(body, repeated, path_models(call, engine))
+            problem = body_problem(
+                body, repeated, path_models(call, engine)
+            ) or bad_output_limit(call.route.provider, body)
             if problem is not None:
                 refusal = Refusal(400, "body", f"Tollgate: {problem}")
                 self._refuse(flow, call, engine, refusal)
@@ -349,6 +392,7 @@ class BudgetGuard:
                 )
                 return
             swap_credential(request, secret, real, call.route.provider)
+        scrub_virtual_keys(request)
         if body is not None and call.facts.changed:
             request.content = json.dumps(body).encode()
 
@@ -426,6 +470,11 @@ class BudgetGuard:
                 usage = estimate_stream_usage(call, known, body_bytes)
         elif aborted is not None:
             outcome, reason = "aborted", aborted[:200]
+            server = flow.server_conn
+            if call.route.billable and server.timestamp_tcp_setup is not None:
+                # it reached the provider, which bills the input it read
+                body_bytes = len(flow.request.raw_content or b"")
+                usage = estimate_stream_usage(call, None, body_bytes)
         elif status >= 400:
             outcome, reason = "upstream_error", f"HTTP {status}"
         elif flow.metadata.get(UNMETERED):

@@ -47,7 +47,8 @@ class Principal:
 
 def fingerprint(secret: str) -> str:
     """Full SHA-256 hex of a secret, as stored in the policy."""
-    return hashlib.sha256(secret.encode()).hexdigest()
+    # surrogateescape: a header's odd bytes still give a fingerprint, never an error
+    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def short(digest: str) -> str:

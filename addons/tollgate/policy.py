@@ -137,6 +137,11 @@ def load_policy(path: Path, environ: dict[str, str] | None = None) -> Policy:
 
 def parse_policy(source: Source, *, environ: dict[str, str]) -> Policy:
     check = Checker(source)
+    if source.data is None or source.data == {}:
+        # An editor that truncates before writing must not lift every limit.
+        raise PolicyError(
+            f"{source.path}: the policy is empty; start it with `version: 1`"
+        )
     raw = check.mapping(source.data, "", _TOP)
     thresholds = check.fractions(raw.get("alert_thresholds"), "alert_thresholds")
     defaults = thresholds or DEFAULT_THRESHOLDS

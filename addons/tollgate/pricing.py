@@ -32,7 +32,7 @@ _PROVIDER = re.compile(r"[a-z][a-z0-9_-]*")
 _REGION = re.compile(r"(?:us|us-gov|eu|apac|jp|au|global)\.")
 _METHOD = re.compile(r":(?:stream)?(?:generatecontent|rawpredict|counttokens|predict)$")
 _SUFFIXES = (
-    re.compile(r"@[^@]*$"),  # Vertex version: claude-sonnet-4-5@20250929
+    re.compile(r"@(?:\d[\d-]*|latest|default)$"),  # Vertex: claude-sonnet-4-5@20250929
     re.compile(r"-v\d+(?::\d+)?(?::\d+k)?$"),  # Bedrock: -v1:0, -v1, -v1:0:200k
     re.compile(r"\[[a-z0-9]+\]$"),  # client-side context markers: sonnet[1m]
     re.compile(r"-latest$"),
@@ -40,6 +40,8 @@ _SUFFIXES = (
     re.compile(r"-\d{4}-\d{2}-\d{2}$"),  # -2024-08-06
 )
 _CLAUDE_FAMILY = "opus|sonnet|haiku|fable|mythos"
+# A model name where a path prefix (vendor, ARN, `models/`) belongs.
+_MODEL_WORD = re.compile(r"(?:^|[/.:])(?:claude|gpt|gemini|chatgpt|o\d|codex)")
 _CLAUDE_NUMBER_FIRST = re.compile(
     rf"claude-(\d+)((?:-\d+)?)-({_CLAUDE_FAMILY})(?=$|[-:])"
 )
@@ -192,7 +194,10 @@ def _stages(model: str) -> tuple[str, ...]:
         return ()
     raw = text.lower()
     # ARNs, `models/`, `publishers/google/models/`, `anthropic/`, `openai/`, ...
-    bare = raw.rpartition("/")[2] or raw
+    prefix, _, bare = raw.rpartition("/")
+    if _MODEL_WORD.search(prefix):
+        return ()  # `claude-opus-4-1/claude-haiku-4-5`: which model is it?
+    bare = bare or raw
     bare = _METHOD.sub("", bare)
     if match := _REGION.match(bare):
         bare = bare[match.end() :]

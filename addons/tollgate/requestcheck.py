@@ -42,6 +42,14 @@ _LIMIT_KEYS: dict[str, tuple[tuple[str, ...], ...]] = {
 }
 
 
+_CHOICE_KEYS = (
+    ("n",),
+    ("generationConfig", "candidateCount"),
+    ("generation_config", "candidate_count"),
+)
+MAX_CHOICES = 128
+
+
 def unmetered_reason(method: str, path: str, websocket: bool) -> str | None:
     """Why a provider call outside the metered endpoints would spend unseen, or None."""
     path = path.partition("?")[0]
@@ -151,13 +159,33 @@ def widest_output_limit(
     """
     found = [known] if known is not None else []
     for keys in _LIMIT_KEYS.get(provider, ()):
-        value: Any = body
-        for key in keys:
-            value = value.get(key) if isinstance(value, dict) else None
-        number = lenient_count(value)
+        number = lenient_count(_dig(body, keys))
         if number is not None:
             found.append(number)
-    return max(found) if found else None
+    if not found:
+        return None
+    # Each choice (`n`, `candidateCount`) may use the whole limit.
+    choices = max(lenient_count(_dig(body, keys)) or 1 for keys in _CHOICE_KEYS)
+    return min(max(found) * min(choices, MAX_CHOICES), MAX_TOKENS)
+
+
+def bad_output_limit(provider: str, body: dict[str, Any]) -> str | None:
+    """The output limit or choice count given in a form no count can be read from."""
+    for keys in (*_LIMIT_KEYS.get(provider, ()), *_CHOICE_KEYS):
+        value = _dig(body, keys)
+        if value is not None and lenient_count(value) is None:
+            shown = (
+                ascii(value) if len(ascii(value)) <= 40 else ascii(value)[:37] + "..."
+            )
+            return f"{'.'.join(keys)} must be a whole number >= 0, got {shown}"
+    return None
+
+
+def _dig(body: dict[str, Any], keys: tuple[str, ...]) -> Any:
+    value: Any = body
+    for key in keys:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
 
 
 def lenient_count(value: object) -> int | None:

@@ -64,6 +64,7 @@ def _walk(
 def parse_yaml(text: str, *, source: str) -> Source:
     """Parse YAML text; syntax errors become ConfigError naming file and line."""
     try:
+        refuse_aliases(text, source)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as e:
@@ -76,6 +77,17 @@ def parse_yaml(text: str, *, source: str) -> Source:
     if node is not None:
         _walk(node, "", lines, node.start_mark.line + 1, source)
     return Source(path=source, data=data, lines=lines)
+
+
+def refuse_aliases(text: str, source: str) -> None:
+    """Aliases (`*name`) are refused: one line of them can stand for billions."""
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent):
+            line = event.start_mark.line + 1 if event.start_mark else 0
+            raise ConfigError(
+                f"{source}:{line}: YAML aliases (*{event.anchor}) are not accepted;"
+                " write the value out"
+            )
 
 
 def load_yaml(path: Path) -> Source:
