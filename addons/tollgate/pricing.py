@@ -41,6 +41,7 @@ _SUFFIXES = (
 )
 _CLAUDE_FAMILY = "opus|sonnet|haiku|fable|mythos"
 # A model name where a path prefix (vendor, ARN, `models/`) belongs.
+_OTHER_MODEL = re.compile(r"claude|gpt|gemini|codex")
 _MODEL_WORD = re.compile(r"(?:^|[/.:])(?:claude|gpt|gemini|chatgpt|o\d|codex)")
 _CLAUDE_NUMBER_FIRST = re.compile(
     rf"claude-(\d+)((?:-\d+)?)-({_CLAUDE_FAMILY})(?=$|[-:])"
@@ -154,6 +155,8 @@ class PriceTable:
         normal = stages[-1]
         for key in self._longest_first:
             if normal.startswith(key) and _ends_on_separator(normal, len(key)):
+                if _OTHER_MODEL.search(normal, len(key)):
+                    return None  # `claude-haiku-4-5@claude-opus-4-1`
                 return self.entries[key]
         return None
 

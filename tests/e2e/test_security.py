@@ -234,14 +234,15 @@ def test_batch_status_passes_when_only_read(guarded: tuple[Gateway, int]) -> Non
     assert response.getheader("x-tollgate-refusal") is None
 
 
+@pytest.mark.parametrize("upgrade", ["websocket", "foo, WebSocket"])
 def test_websocket_upgrade_refused_when_policy_applies(
-    guarded: tuple[Gateway, int], fake: FakeProvider
+    guarded: tuple[Gateway, int], fake: FakeProvider, upgrade: str
 ) -> None:
     gateway, _ = guarded
     headers = marker()
     request = (
         "GET /v1/realtime?model=gpt-4o-realtime-preview HTTP/1.1\r\nhost: x\r\n"
-        f"authorization: Bearer {KEYS['bob']}\r\nupgrade: websocket\r\n"
+        f"authorization: Bearer {KEYS['bob']}\r\nupgrade: {upgrade}\r\n"
         "connection: Upgrade\r\nsec-websocket-version: 13\r\n"
         "sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
         f"x-fake-usage: {headers['x-fake-usage']}\r\n\r\n"
@@ -437,3 +438,63 @@ def test_gemini_key_leaves_the_url_when_sent_as_query_parameter(
     assert seen["headers"].get("x-goog-api-key") == real
     assert "key=" not in seen["path"]
     assert KEYS["bob"] not in log and real not in log
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/V1/Messages",
+        "/v1%2Fmessages",
+        "/%761/messages",
+        "/v1/uploads/../messages",
+        "/v1/uploads/%2e%2e/messages",
+        "/V1/MESSAGES/BATCHES",
+    ],
+)
+def test_odd_path_spelling_refused_before_upstream_when_policy_applies(
+    guarded: tuple[Gateway, int], fake: FakeProvider, path: str
+) -> None:
+    gateway, _ = guarded
+    headers = marker()
+    status, answer_headers, _ = call(
+        gateway.port,
+        "carol",
+        body={**BODY, "model": "claude-opus-4-1"},
+        headers=headers,
+        path=path,
+    )
+    assert (status, refusal_reason(answer_headers)) == (400, "body")
+    assert seen_upstream(fake, headers) == []
+
+
+def test_no_tollgate_key_forwarded_when_a_call_carries_several(
+    guarded: tuple[Gateway, int], fake: FakeProvider
+) -> None:
+    gateway, _ = guarded
+    basic = base64.b64encode(f"x:{KEYS['bob']}".encode()).decode()
+    sent = [
+        {"authorization": f"Bearer {KEYS['carol']}"},
+        {"x-goog-api-key": KEYS["bob"], "api-key": f"{KEYS['bob']}"},
+        {"authorization": f"Basic {basic}"},
+    ]
+    for extra in sent:
+        headers = {**marker(), **extra}
+        status, _, _ = call(gateway.port, "dave", headers=headers)
+        assert status == 200
+        [seen] = seen_upstream(fake, headers)
+        forwarded = json.dumps(seen)
+        assert "tg-" not in forwarded
+        assert seen["headers"]["x-api-key"] == REAL_KEY
+
+
+def test_tollgate_key_in_query_string_never_forwarded_or_logged(
+    guarded: tuple[Gateway, int], fake: FakeProvider
+) -> None:
+    gateway, _ = guarded
+    headers = marker()
+    status, _, _ = call(
+        gateway.port, None, headers=headers, path=f"/v1/messages?key={KEYS['dave']}"
+    )
+    assert status == 401  # a query parameter is no credential for Anthropic
+    assert seen_upstream(fake, headers) == []
+    assert KEYS["dave"] not in gateway.log_text()
