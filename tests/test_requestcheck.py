@@ -45,8 +45,7 @@ def test_reservation_covers_every_choice_when_body_asks_for_several(
         ),
         (
             {"max_tokens": "0" * 45 + "1"},
-            "max_tokens must be a whole number >= 0, got '0000000000000000000000000000000"
-            "00000...",
+            "max_tokens must be a whole number >= 0, got '" + "0" * 36 + "...",
         ),
         ({"max_tokens": 100, "n": "many"}, "n must be a whole number >= 0, got 'many'"),
         ({"max_tokens": 100}, None),
