@@ -7,11 +7,13 @@ output tokens), so a reservation a fault forgot would refuse his next call; the
 
 import http.client
 import json
+import math
 import socket
 import socketserver
 import threading
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -126,7 +128,14 @@ def test_stalled_call_recorded_as_aborted_when_client_gives_up(
             headers=tagged("t:stall", **{"x-fake-stall-ms": "3000"}),
         )
     row = row_of(gateway, "t:stall")
-    assert (row["outcome"], row["cost_usd"]) == ("aborted", 0)
+    # The provider had the request: its input is charged, estimated from the body.
+    input_tokens = math.ceil(len(json.dumps(BIG)) / 4)
+    assert (row["outcome"], row["usage_estimated"], row["input_tokens"]) == (
+        "aborted",
+        True,
+        input_tokens,
+    )
+    assert row["cost_usd"] == Decimal(3) * input_tokens / 10**6  # Sonnet: $3/M in
     assert_released(gateway, metrics)
 
 
