@@ -33,31 +33,20 @@ from .rowcheck import fit_row
 logger = logging.getLogger(__name__)
 
 Row = dict[str, Any]
+# Who spent, on what: the columns a budget needs to know which windows a cost is in.
+CALLER_FIELDS = (
+    "user_id",
+    "team",
+    "key_alias",
+    "key_fingerprint",
+    "tags",
+    "model",
+    "price_model",
+)
 # A sum of spend per caller, model and tags, within one stretch of time.
-SUMMED_FIELDS = (
-    "user_id",
-    "team",
-    "key_alias",
-    "key_fingerprint",
-    "tags",
-    "model",
-    "price_model",
-    "ts",
-    "cost_usd",
-)
+SUMMED_FIELDS = (*CALLER_FIELDS, "ts", "cost_usd")
+BUDGET_FIELDS = ("id", *SUMMED_FIELDS)
 STORED_IDS_SQL = "SELECT id FROM requests WHERE id IN (SELECT unnest(?::VARCHAR[]))"
-BUDGET_FIELDS = (
-    "id",
-    "ts",
-    "user_id",
-    "team",
-    "key_alias",
-    "key_fingerprint",
-    "tags",
-    "model",
-    "price_model",
-    "cost_usd",
-)
 JOURNAL_ROTATE_BYTES = 4 * 1024 * 1024
 STOP_RETRY_S = 3.0
 MAX_BACKOFF_S = 2.0  # retries while the file is down: cheap, and recovery is quick
@@ -451,7 +440,7 @@ def _summed_sql(stretches: int) -> str:
     """
     stretch = " ".join(f"WHEN ts >= ${i + 2} THEN ${i + 2}" for i in range(stretches))
     return (
-        "SELECT user_id, team, key_alias, key_fingerprint, tags, model, price_model,"
+        f"SELECT {', '.join(CALLER_FIELDS)},"
         f" CASE {stretch} END AS stretch, sum(cost_usd)"
         " FROM requests WHERE ts >= $1 AND cost_usd > 0 GROUP BY ALL"
     )
