@@ -1,8 +1,9 @@
 """Request bodies that could shrink a reservation or hide the model, and paths."""
 
 import pytest
+from mitmproxy.test import tflow, tutils
 
-from tollgate.flows import canonical_path
+from tollgate.flows import canonical_path, trusted_destination
 from tollgate.pricing import DEFAULT_PRICES, load_prices
 from tollgate.requestcheck import bad_output_limit, widest_output_limit
 
@@ -99,3 +100,22 @@ def test_model_priced_when_prefix_or_version_is_a_known_spelling(
 ) -> None:
     entry = PRICES.resolve(model)
     assert entry is not None and entry.key == key
+
+
+@pytest.mark.parametrize(
+    ("host", "provider", "trusted"),
+    [
+        ("api.anthropic.com", "anthropic", True),
+        ("api.anthropic.com", "openai", False),
+        ("api.openai.com", "anthropic", False),
+        ("x.openai.azure.com", "openai", True),
+        ("llm.internal.example", "openai", True),
+        ("elsewhere.example", "openai", False),
+    ],
+)
+def test_provider_key_trusted_only_to_its_own_host_when_forward_proxied(
+    host: str, provider: str, trusted: bool
+) -> None:
+    flow = tflow.tflow(req=tutils.treq(host=host, port=443, scheme=b"https"))
+    extra = {"llm.internal.example": "openai"}
+    assert trusted_destination(flow, extra, provider) is trusted

@@ -498,3 +498,37 @@ def test_tollgate_key_in_query_string_never_forwarded_or_logged(
     assert status == 401  # a query parameter is no credential for Anthropic
     assert seen_upstream(fake, headers) == []
     assert KEYS["dave"] not in gateway.log_text()
+
+
+def test_provider_key_sent_only_to_its_own_provider_when_path_names_another(
+    fake: FakeProvider, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        harness, "ROUTE_ADDON", Path(__file__).with_name("route_all_to_fake.py")
+    )
+    from .hardening import policy_file
+
+    openai_key = f"sk-openai-real-{uuid.uuid4().hex}"
+    policy = policy_file(tmp_path, extra=f"  openai: {{api_key: {openai_key}}}\n")
+    gateway = Gateway(tmp_path, fake, mode="forward", policy=policy)
+    try:
+        headers = {**marker(), "authorization": f"Bearer {KEYS['dave']}"}
+        body = {"model": "gpt-4.1-mini", "messages": [{"role": "user", "content": "x"}]}
+        connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
+        connection.request(
+            "POST",
+            "http://api.anthropic.com/v1/chat/completions",
+            json.dumps(body),
+            {"content-type": "application/json", **headers},
+        )
+        response = connection.getresponse()
+        response.read()
+        connection.close()
+    finally:
+        gateway.close()
+    # On Anthropic's host an OpenAI path is no Anthropic endpoint the gateway meters.
+    assert (response.status, response.getheader("x-tollgate-refusal")) == (
+        400,
+        "unmetered",
+    )
+    assert seen_upstream(fake, headers) == []
