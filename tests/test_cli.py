@@ -75,3 +75,19 @@ def test_every_command_has_help_and_is_in_readme_when_listed() -> None:
     for name, sub in commands.items():
         assert sub.description, name
         assert f"tollgate {name}" in readme, name
+
+
+def test_check_warns_when_allow_list_names_a_model_without_price(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "version: 1\nallow_unpriced_models: false\n"
+        "users:\n  ivan: {models: [claude-haiku-4-7, claude-sonnet-4-5, gpt-*]}\n"
+    )
+    assert main(["check", str(policy)]) == 0
+    err = capsys.readouterr().err
+    assert err == (
+        "warning: user:ivan allows 'claude-haiku-4-7', which has no price: its calls"
+        " are refused where a budget applies\n"
+    )

@@ -4,8 +4,13 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import TollgateError
+
+if TYPE_CHECKING:
+    from .policy import Policy
+    from .pricing import PriceTable
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -69,8 +74,30 @@ def run_check(args: argparse.Namespace) -> int:
         )
         return 1
     assert prices is not None
+    for warning in unpriced_allowed(policy, prices):
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"ok: {policy.describe()}; {len(prices.entries)} prices from {prices.source}")
     return 0
+
+
+def unpriced_allowed(policy: "Policy", prices: "PriceTable") -> list[str]:
+    """Allow-listed model ids (not globs) the price table cannot price."""
+    levels = [lv for lv in (policy.org, policy.default_limits) if lv is not None]
+    levels += [*policy.teams.values(), *policy.tags.values()]
+    levels += [u.limits for u in policy.users.values()]
+    levels += [k.limits for k in policy.keys.values()]
+    if policy.allow_unpriced_models:
+        effect = "its calls are recorded at $0"
+    else:
+        effect = "its calls are refused where a budget applies"
+    found = []
+    for level in levels:
+        for model in level.models or ():
+            if "*" not in model and prices.resolve(model) is None:
+                found.append(
+                    f"{level.label} allows {model!r}, which has no price: {effect}"
+                )
+    return found
 
 
 if __name__ == "__main__":
