@@ -364,6 +364,19 @@ FILES = {
 CASES = [(route, name) for route, names in FILES.items() for name in names]
 
 
+def counts_of(usage: Any) -> tuple[int, ...]:
+    """Every count a Usage holds."""
+    return (
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cache_read_tokens,
+        usage.cache_write_5m_tokens,
+        usage.cache_write_1h_tokens,
+        usage.reasoning_tokens,
+        usage.web_search_requests,
+    )
+
+
 def metered(route: str, pieces: list[bytes]) -> tuple[bytes, Any, Any]:
     meter = StreamMeter(stream_reader(ROUTES[route]), content_encoding=None)
     out = b"".join(meter(p) for p in [*pieces, b""])
@@ -412,17 +425,7 @@ def test_meter_passes_bytes_and_counts_nothing_negative_when_stream_garbled(
     assert out == bytes(data)
     usage = meter.reader.usage
     if usage is not None:
-        assert (
-            min(
-                usage.input_tokens,
-                usage.output_tokens,
-                usage.cache_read_tokens,
-                usage.cache_write_5m_tokens,
-                usage.cache_write_1h_tokens,
-                usage.reasoning_tokens,
-            )
-            >= 0
-        )
+        assert min(counts_of(usage)) >= 0
 
 
 PRICES = load_prices(Path(DEFAULT_PRICES))
@@ -460,15 +463,7 @@ def test_usage_counts_and_costs_never_negative_when_numbers_are_odd(
     for usage in found:
         if usage is None:
             continue
-        counts = (
-            usage.input_tokens,
-            usage.output_tokens,
-            usage.cache_read_tokens,
-            usage.cache_write_5m_tokens,
-            usage.cache_write_1h_tokens,
-            usage.reasoning_tokens,
-            usage.web_search_requests,
-        )
+        counts = counts_of(usage)
         assert all(isinstance(c, int) and 0 <= c <= 10**12 for c in counts)
         cost = PRICES.cost(entry, usage)
         assert cost.is_finite() and 0 <= cost < Decimal(10) ** 10
