@@ -471,6 +471,32 @@ def test_reserved_gauge_holds_worst_case_when_call_in_flight(engine: Engine) -> 
     )
 
 
+@pytest.mark.parametrize(
+    ("max_output_tokens", "choices", "reserved"),
+    [(None, 3, 0.18462), (1000, 4, 0.0603)],
+    ids=["default-limit", "given-limit"],
+)
+def test_reserved_gauge_covers_every_choice_when_call_asks_for_several(
+    engine: Engine, max_output_tokens: int | None, choices: int, reserved: float
+) -> None:
+    found = Call(route=ANTHROPIC, started=NOW, started_s=time.time(), agent="test")
+    found.facts = RequestFacts(
+        model="claude-sonnet-4-5", max_output_tokens=max_output_tokens, choices=choices
+    )
+    assert engine.admit(found, identify(engine.policy, "tg-alice", None), 300) is None
+    # 100 input tokens * $3 + (limit, default 4096) * choices * $15, per million
+    assert (
+        sample(
+            metrics_of(engine),
+            "tollgate_budget_reserved_usd",
+            budget="user:alice",
+            kind="user",
+            name="alice",
+        )
+        == reserved
+    )
+
+
 def test_ledger_gauges_report_writer_state_when_rows_written(engine: Engine) -> None:
     run_known_calls(engine)
     assert engine.ledger.wait_idle()

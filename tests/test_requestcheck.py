@@ -5,7 +5,11 @@ from mitmproxy.test import tflow, tutils
 
 from tollgate.flows import canonical_path, trusted_destination
 from tollgate.pricing import DEFAULT_PRICES, load_prices
-from tollgate.requestcheck import bad_output_limit, widest_output_limit
+from tollgate.requestcheck import (
+    bad_output_limit,
+    output_choices,
+    widest_output_limit,
+)
 
 PRICES = load_prices(DEFAULT_PRICES)
 
@@ -13,23 +17,38 @@ PRICES = load_prices(DEFAULT_PRICES)
 @pytest.mark.parametrize(
     ("provider", "body", "limit"),
     [
-        ("openai", {"max_tokens": 1000, "n": 50}, 50_000),
-        ("openai", {"max_completion_tokens": "2000", "n": "3"}, 6000),
-        (
-            "gemini",
-            {"generationConfig": {"maxOutputTokens": 100, "candidateCount": 4}},
-            400,
-        ),
+        ("openai", {"max_tokens": 1000, "n": 50}, 1000),
+        ("openai", {"max_completion_tokens": "2000", "max_tokens": 10}, 2000),
+        ("gemini", {"generationConfig": {"max_output_tokens": 100}}, 100),
         ("anthropic", {"max_tokens": 10**30}, 10**12),
-        ("openai", {"max_tokens": 10, "n": 10**6}, 1280),
         ("anthropic", {}, None),
     ],
-    ids=["n", "strings", "candidates", "huge", "n-capped", "none"],
+    ids=["n-apart", "widest", "snake", "huge", "none"],
 )
-def test_reservation_covers_every_choice_when_body_asks_for_several(
+def test_output_limit_read_in_every_spelling_when_body_gives_one(
     provider: str, body: dict[str, object], limit: int | None
 ) -> None:
     assert widest_output_limit(provider, body, None) == limit
+
+
+@pytest.mark.parametrize(
+    ("body", "choices"),
+    [
+        ({"n": 50}, 50),
+        ({"n": "3"}, 3),
+        ({"generationConfig": {"candidateCount": 4}}, 4),
+        ({"generationConfig": {"candidate_count": 8}}, 8),
+        ({"generation_config": {"candidateCount": 6}}, 6),
+        ({"n": 10**6}, 128),
+        ({"n": 0}, 1),
+        ({}, 1),
+    ],
+    ids=["n", "string", "camel", "mixed", "snake-camel", "capped", "zero", "none"],
+)
+def test_every_choice_counted_when_body_asks_for_several(
+    body: dict[str, object], choices: int
+) -> None:
+    assert output_choices(body) == choices
 
 
 @pytest.mark.parametrize(

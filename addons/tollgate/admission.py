@@ -14,6 +14,7 @@ from .limits import RateLimiter, RateRefusal
 from .modelmatch import allowed
 from .policy import Policy
 from .pricing import PriceTable
+from .usage import MAX_COUNT as MAX_TOKENS
 from .usage import Usage
 
 CENT = Decimal("0.0001")
@@ -108,7 +109,8 @@ class Admission:
         """The most this call can cost: estimated input plus all its output tokens."""
         if call.price is None:
             return Decimal(0)
-        output = call.facts.max_output_tokens or self.policy.default_max_output_tokens
+        limit = call.facts.max_output_tokens or self.policy.default_max_output_tokens
+        output = min(limit * call.facts.choices, MAX_TOKENS)
         usage = Usage(input_tokens=call.estimated_input, output_tokens=output)
         return self.prices.cost(call.price, usage)
 

@@ -196,13 +196,31 @@ def canonical_path(path: str) -> str:
 
 
 def scrub_virtual_keys(request: http.Request) -> None:
-    """A Tollgate key never leaves: credentials still holding one are removed."""
+    """A Tollgate key never leaves: credentials and query values holding one go."""
     for name in CREDENTIAL_HEADERS:
         value = request.headers.get(name)
         if value is not None and _holds_virtual_key(name, value):
             del request.headers[name]
-    if VIRTUAL_PREFIX in query_map(request).get("key", ""):
-        del request.query["key"]
+    drop_virtual_query_values(request)
+
+
+def carries_virtual_key(request: http.Request) -> bool:
+    """True when any credential header holds a Tollgate key."""
+    return any(
+        _holds_virtual_key(name, value)
+        for name in CREDENTIAL_HEADERS
+        if (value := request.headers.get(name)) is not None
+    )
+
+
+def drop_virtual_query_values(request: http.Request) -> None:
+    """Remove every query parameter holding a Tollgate key, before anything logs."""
+    if "?" not in request.path or VIRTUAL_PREFIX not in request.path:
+        return
+    fields = request.query.fields
+    kept = tuple((k, v) for k, v in fields if VIRTUAL_PREFIX not in v)
+    if len(kept) != len(fields):
+        request.query.fields = kept
 
 
 def _holds_virtual_key(name: str, value: str) -> bool:

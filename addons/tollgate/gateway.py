@@ -27,13 +27,14 @@ from .engine import Engine
 from .errors import TollgateError
 from .flows import (
     canonical_path,
+    carries_virtual_key,
     destination_host,
+    drop_virtual_query_values,
     flow_status,
     header_map,
     move_query_key,
     parse_body,
     path_models,
-    query_map,
     read_request_json,
     scrub_virtual_keys,
     strip_gateway_headers,
@@ -46,6 +47,7 @@ from .meter import StreamMeter
 from .requestcheck import (
     bad_output_limit,
     body_problem,
+    output_choices,
     unmetered_reason,
     widest_output_limit,
 )
@@ -222,10 +224,15 @@ class BudgetGuard:
             # them as the endpoint, so they are metered (or refused) as it.
             flow.metadata[ODD_PATH] = True
             route = replace(canonical, path_model=None)
+        if route is not None and route.provider == "gemini":
+            move_query_key(request)
+        drop_virtual_query_values(request)  # out of the URL before anything logs it
         headers = header_map(request)
         if route is None:
-            secret = presented_secret(headers, query_map(request))
+            secret = presented_secret(headers, {})
             if secret is None or not secret.startswith(VIRTUAL_PREFIX):
+                if carries_virtual_key(request):
+                    scrub_virtual_keys(request)  # some other header held one
                 return
             route = providers.passthrough_route(headers)
         # Decided before any other addon may re-route the request.
@@ -241,10 +248,6 @@ class BudgetGuard:
             agent=detect_agent(headers),
         )
         self._inflight[flow.id] = flow
-        if route.provider == "gemini":
-            move_query_key(request)
-        elif VIRTUAL_PREFIX in query_map(request).get("key", ""):
-            del request.query["key"]  # out of the URL before anything logs it
         if route.billable:
             request.headers["accept-encoding"] = "identity"
 
@@ -371,6 +374,7 @@ class BudgetGuard:
             call.facts.max_output_tokens = widest_output_limit(
                 call.route.provider, body, call.facts.max_output_tokens
             )
+            call.facts.choices = output_choices(body)
         elif call.route.path_model:
             call.facts.model = call.route.path_model
         call.tags = clean_tags(call.facts.tags + header_tags)

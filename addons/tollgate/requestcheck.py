@@ -45,6 +45,8 @@ _LIMIT_KEYS: dict[str, tuple[tuple[str, ...], ...]] = {
 _CHOICE_KEYS = (
     ("n",),
     ("generationConfig", "candidateCount"),
+    ("generationConfig", "candidate_count"),
+    ("generation_config", "candidateCount"),
     ("generation_config", "candidate_count"),
 )
 MAX_CHOICES = 128
@@ -162,11 +164,14 @@ def widest_output_limit(
         number = lenient_count(_dig(body, keys))
         if number is not None:
             found.append(number)
-    if not found:
-        return None
-    # Each choice (`n`, `candidateCount`) may use the whole limit.
-    choices = max(lenient_count(_dig(body, keys)) or 1 for keys in _CHOICE_KEYS)
-    return min(max(found) * min(choices, MAX_CHOICES), MAX_TOKENS)
+    return min(max(found), MAX_TOKENS) if found else None
+
+
+def output_choices(body: dict[str, Any]) -> int:
+    """How many answers the call asks for (`n`, `candidateCount`); each may use the
+    whole output limit."""
+    asked = (lenient_count(_dig(body, keys)) for keys in _CHOICE_KEYS)
+    return min(max((n for n in asked if n), default=1), MAX_CHOICES)
 
 
 def bad_output_limit(provider: str, body: dict[str, Any]) -> str | None:

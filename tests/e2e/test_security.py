@@ -532,3 +532,40 @@ def test_provider_key_sent_only_to_its_own_provider_when_path_names_another(
         "unmetered",
     )
     assert seen_upstream(fake, headers) == []
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "extra"),
+    [
+        ("GET", "/v1/models", {"x-api-key": "junk", "authorization": "Bearer {bob}"}),
+        ("GET", "/v1/models", {"x-api-key": "junk", "x-goog-api-key": "{bob}"}),
+        ("GET", "/v1/models", {"authorization": "Basic {basic}"}),
+        ("GET", "/v1/models?key=x&key={bob}&KEY={bob}", {"x-api-key": "junk"}),
+        ("POST", "/v1/messages?key=x&key={bob}&api_key={bob}", {"x-api-key": "{dave}"}),
+    ],
+    ids=["bearer-second", "goog-second", "basic", "query-free", "query-metered"],
+)
+def test_tollgate_key_never_forwarded_when_hidden_beside_other_credentials(
+    guarded: tuple[Gateway, int],
+    fake: FakeProvider,
+    method: str,
+    path: str,
+    extra: dict[str, str],
+) -> None:
+    gateway, _ = guarded
+    basic = base64.b64encode(f"u:{KEYS['bob']}".encode()).decode()
+    fill = {"bob": KEYS["bob"], "dave": KEYS["dave"], "basic": basic}
+    headers = {**marker(), **{k: v.format(**fill) for k, v in extra.items()}}
+    connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
+    connection.request(
+        method,
+        path.format(**fill),
+        json.dumps(BODY) if method == "POST" else None,
+        {"content-type": "application/json", **headers},
+    )
+    connection.getresponse().read()
+    connection.close()
+    seen = seen_upstream(fake, headers)
+    assert seen, "the call should have reached the provider"
+    assert "tg-" not in json.dumps(seen)
+    assert KEYS["bob"] not in gateway.log_text()

@@ -25,6 +25,7 @@ class RequestFacts:
     model: str | None = None
     stream: bool = False
     max_output_tokens: int | None = None
+    choices: int = 1  # answers asked for (`n`); each may use max_output_tokens
     tags: list[str] = field(default_factory=list)
     session: str | None = None
     usage_injected: bool = False
