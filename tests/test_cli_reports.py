@@ -191,6 +191,26 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+def run_budgets(
+    capsys: pytest.CaptureFixture[str], db: Path, policy: Path, fmt: str, url: str
+) -> tuple[int, str, str]:
+    """`tollgate budgets` as of 2026-05-03 noon UTC, in `fmt`, reserved from `url`."""
+    return run(
+        capsys,
+        "budgets",
+        "--policy",
+        str(policy),
+        "--db",
+        str(db),
+        "--format",
+        fmt,
+        "--now",
+        "2026-05-03T12:00:00+00:00",
+        "--metrics-url",
+        url,
+    )
+
+
 TEAM_TABLE = (FIXTURES / "report-by-team.txt").read_text()  # aligned, wide
 
 
@@ -414,37 +434,17 @@ def test_budgets_table_shows_windows_when_gateway_unreachable(
     db: Path, policy: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # team:be spent 0.025575 in 2.5 days: the other 0.014425 take 1 d 9 h 50 min 30 s
-    assert run(
-        capsys,
-        "budgets",
-        "--policy",
-        str(policy),
-        "--db",
-        str(db),
-        "--now",
-        "2026-05-03T12:00:00+00:00",
-        "--metrics-url",
-        closed_url(),
-    ) == (0, BUDGETS_TABLE, "")
+    assert run_budgets(capsys, db, policy, "table", closed_url()) == (
+        0,
+        BUDGETS_TABLE,
+        "",
+    )
 
 
 def test_budgets_csv_lists_every_budget_when_asked(
     db: Path, policy: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, _ = run(
-        capsys,
-        "budgets",
-        "--policy",
-        str(policy),
-        "--db",
-        str(db),
-        "--format",
-        "csv",
-        "--now",
-        "2026-05-03T12:00:00+00:00",
-        "--metrics-url",
-        closed_url(),
-    )
+    code, out, _ = run_budgets(capsys, db, policy, "csv", closed_url())
     assert (code, out.splitlines()[:3]) == (
         0,
         [
@@ -472,19 +472,8 @@ def test_budgets_json_shows_reserved_when_gateway_metrics_reachable(
         )
         flight.facts = RequestFacts(model=SONNET, max_output_tokens=1000)
         assert live.admit(flight, identify(live.policy, "tg-alice", None), 300) is None
-        code, out, _ = run(
-            capsys,
-            "budgets",
-            "--policy",
-            str(policy),
-            "--db",
-            str(db),
-            "--format",
-            "json",
-            "--now",
-            "2026-05-03T12:00:00+00:00",
-            "--metrics-url",
-            f"http://127.0.0.1:{metrics.port}/metrics",
+        code, out, _ = run_budgets(
+            capsys, db, policy, "json", f"http://127.0.0.1:{metrics.port}/metrics"
         )
     finally:
         live.close()

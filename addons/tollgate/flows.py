@@ -72,11 +72,6 @@ def header_map(request: http.Request) -> dict[str, str]:
     return found
 
 
-def query_map(request: http.Request) -> Mapping[str, str]:
-    """The query parameters; parsing is skipped when the URL has none."""
-    return request.query if "?" in request.path else {}
-
-
 def destination_host(request: http.Request) -> str:
     """Where the request really goes; the Host header only when that is an address.
 
@@ -147,15 +142,19 @@ def strip_gateway_headers(request: http.Request) -> None:
 
 
 def swap_credential(
-    request: http.Request, secret: str, real: str, provider: str
+    request: http.Request,
+    present: Mapping[str, str],
+    secret: str,
+    real: str,
+    provider: str,
 ) -> None:
     """Put the provider key wherever the client put its Tollgate key, and only there.
 
-    Anthropic takes API keys in `x-api-key` only (a bearer token there is an OAuth
-    token), so a Tollgate key sent as `ANTHROPIC_AUTH_TOKEN` moves to `x-api-key`.
+    `present` is the request's `header_map`. Anthropic takes API keys in
+    `x-api-key` only (a bearer token there is an OAuth token), so a Tollgate key
+    sent as `ANTHROPIC_AUTH_TOKEN` moves to `x-api-key`.
     """
     headers = request.headers
-    present = header_map(request)
     for name in CREDENTIAL_HEADERS:
         value = present.get(name)
         if value is None:
@@ -171,8 +170,6 @@ def swap_credential(
                 headers[name] = f"{scheme} {real}"
         elif value.strip() == secret:
             headers[name] = real
-    if query_map(request).get("key") == secret:
-        request.query["key"] = real
 
 
 def move_query_key(request: http.Request) -> None:

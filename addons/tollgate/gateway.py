@@ -229,7 +229,7 @@ class BudgetGuard:
         drop_virtual_query_values(request)  # out of the URL before anything logs it
         headers = header_map(request)
         if route is None:
-            secret = presented_secret(headers, {})
+            secret = presented_secret(headers)
             if secret is None or not secret.startswith(VIRTUAL_PREFIX):
                 if carries_virtual_key(request):
                     scrub_virtual_keys(request)  # some other header held one
@@ -303,7 +303,8 @@ class BudgetGuard:
         else:
             call.recorded = True  # free: no ledger row
         strip_gateway_headers(request)
-        secret = presented_secret(header_map(request), {})
+        headers = header_map(request)
+        secret = presented_secret(headers)
         if secret is None or not secret.startswith(VIRTUAL_PREFIX):
             scrub_virtual_keys(request)
             return
@@ -323,7 +324,7 @@ class BudgetGuard:
                 flow, call, engine, untrusted_refusal(flow.metadata[DESTINATION])
             )
         else:
-            swap_credential(request, secret, real, call.route.provider)
+            swap_credential(request, headers, secret, real, call.route.provider)
             scrub_virtual_keys(request)
 
     def _warn_unmetered(self, method: str, endpoint: str, why: str) -> None:
@@ -343,7 +344,7 @@ class BudgetGuard:
         proxy_token = self._proxy_tokens.get(flow.client_conn.id)
         if proxy_token is None and "proxyauth" in flow.metadata:
             proxy_token = str(flow.metadata["proxyauth"][1])
-        secret = presented_secret(headers, {})  # Gemini's ?key= is a header by now
+        secret = presented_secret(headers)
         principal = identify(engine.policy, secret, proxy_token)
         call.principal = principal  # a refusal names the caller, whatever its cause
         header_tags = headers.get("x-tollgate-tags", "").split(",")
@@ -395,7 +396,7 @@ class BudgetGuard:
                     flow, call, engine, untrusted_refusal(flow.metadata[DESTINATION])
                 )
                 return
-            swap_credential(request, secret, real, call.route.provider)
+            swap_credential(request, headers, secret, real, call.route.provider)
         scrub_virtual_keys(request)
         if body is not None and call.facts.changed:
             request.content = json.dumps(body).encode()

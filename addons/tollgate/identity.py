@@ -56,10 +56,11 @@ def short(digest: str) -> str:
     return digest[:12]
 
 
-def presented_secret(
-    headers: Mapping[str, str], query: Mapping[str, str]
-) -> str | None:
-    """The provider credential in a request, in the order the SDKs send them."""
+def presented_secret(headers: Mapping[str, str]) -> str | None:
+    """The provider credential in a request's headers, in the order SDKs send them.
+
+    Only headers: Gemini's `?key=` is moved into `x-goog-api-key` before this runs.
+    """
     for name in CREDENTIAL_HEADERS:
         value = headers.get(name)
         if value:
@@ -69,8 +70,7 @@ def presented_secret(
                     continue
                 return token.strip()
             return value.strip()
-    key = query.get("key")
-    return key or None
+    return None
 
 
 def proxy_secret(header: str | None) -> str | None:

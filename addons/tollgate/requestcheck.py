@@ -108,11 +108,6 @@ def body_problem(
     return None
 
 
-def repeated_keys(text: str) -> list[str]:
-    """Top-level keys that occur more than once in a JSON object text."""
-    return load_object(text)[1]
-
-
 def load_object(text: str) -> tuple[dict[str, Any] | None, list[str]]:
     """Parse a JSON object in one pass: the object and the top-level keys it repeats.
 
